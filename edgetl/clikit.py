@@ -1,0 +1,56 @@
+"""What both CLIs share (torch-free): logging through rich, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from edgetl.errors import EdgetlError
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_time=False, show_path=False, markup=False)],
+        force=True,
+    )
+
+
+def run_group(group: click.Group) -> None:
+    """Run a click group: user errors become one red line on stderr and exit 1.
+
+    Tracebacks appear only with --debug (or EDGETL_DEBUG=1), because a field engineer
+    needs the fix, not the stack.
+    """
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        group.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        stderr.print("aborted", style="red")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except EdgetlError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # an unexpected failure is still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,85 @@
+"""The trained model (backbone -> embedding -> linear head) and the run checkpoint format.
+
+`RUN/model.pt` is a plain dict of tensors, strings and numbers, so it loads with
+`torch.load(..., weights_only=True)`: no pickled code runs when a user opens a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgetl.backbones import BackboneSpec, create_backbone, get_spec
+from edgetl.errors import EdgetlError
+from edgetl.runtime.preprocess import Preprocess
+
+RUN_FORMAT = "edgetl.run/1"
+
+
+class Classifier(nn.Module):
+    """Backbone to embedding, dropout, linear head. Split at the embedding for export."""
+
+    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(x)))
+
+
+@dataclass
+class Run:
+    model: Classifier
+    spec: BackboneSpec
+    labels: list[str]
+    preprocess: Preprocess
+    weights_origin: str
+    strategy: str
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+
+def save_run(path: Path, run: Run) -> None:
+    state = {
+        "format": RUN_FORMAT,
+        "backbone": run.spec.name,
+        "labels": list(run.labels),
+        "preprocess": run.preprocess.to_dict(),
+        "embedding_dim": run.spec.embedding_dim,
+        "weights_origin": run.weights_origin,
+        "strategy": run.strategy,
+        "dropout": float(run.model.dropout.p),
+        "backbone_state": {k: v.detach().cpu() for k, v in run.model.backbone.state_dict().items()},
+        "head": {"weight": run.model.head.weight.detach().cpu(), "bias": run.model.head.bias.detach().cpu()},
+    }
+    tmp = Path(path).with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load RUN/model.pt (weights_only) into a Classifier in eval mode."""
+    path = Path(run_dir) / "model.pt" if Path(run_dir).is_dir() else Path(run_dir)
+    if not path.is_file():
+        raise EdgetlError(f"'{path}' does not exist; run `edgetl finetune DATA --out RUN` first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EdgetlError(f"'{path}' is not a readable edgetl checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        raise EdgetlError(f"'{path}' is not an edgetl run checkpoint (expected format {RUN_FORMAT})")
+    spec = get_spec(state["backbone"])
+    backbone, _ = create_backbone(spec.name, weights="none_quiet")
+    backbone.load_state_dict(state["backbone_state"])
+    labels = list(state["labels"])
+    model = Classifier(backbone, int(state["embedding_dim"]), len(labels), float(state.get("dropout", 0.0)))
+    model.head.load_state_dict(state["head"])
+    return Run(model.eval(), spec, labels, Preprocess.from_dict(state["preprocess"]),
+               state["weights_origin"], state["strategy"])

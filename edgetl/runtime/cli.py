@@ -1,0 +1,21 @@
+"""`edgetl-device`: the device-side CLI. Imports no torch, timm or onnx (a test enforces it)."""
+
+from __future__ import annotations
+
+import click
+
+from edgetl.clikit import run_group, setup_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Run, evaluate and adapt an edgetl bundle on the device.
+
+    Add --debug anywhere to see tracebacks.
+    """
+    setup_logging(verbose)
+
+
+def main() -> None:
+    run_group(cli)
