@@ -24,5 +24,10 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
+from edgetl.export.commands import targets_cmd  # noqa: E402  (commands register after the group exists)
+
+cli.add_command(targets_cmd)
+
+
 def main() -> None:
     run_group(cli)

@@ -1,0 +1,1 @@
+"""Quantization: calibration recipes (data) and the per-format quantizers that apply them."""
