@@ -28,6 +28,123 @@ from edgetl.export.commands import targets_cmd  # noqa: E402  (commands register
 
 cli.add_command(targets_cmd)
 
+from edgetl.runtime.commands import evaluate_cmd  # noqa: E402  (the device runtime, run on the host)
+
+cli.add_command(evaluate_cmd)
+
+
+def _print_metrics(title: str, metrics: dict, as_json: bool) -> None:
+    import json
+
+    from rich.table import Table
+
+    from edgetl.clikit import stdout
+
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "data")}, ensure_ascii=False))
+        return
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("recall", justify="right")
+    table.add_column("images", justify="right")
+    for label, row in metrics["per_class"].items():
+        table.add_row(label, f"{row['recall']:.3f}", str(row["support"]))
+    table.add_section()
+    table.add_row("top1", f"{metrics['top1']:.4f}", str(metrics["n"]))
+    table.add_row("balanced accuracy", f"{metrics['balanced_accuracy']:.4f}", "")
+    stdout.print(table)
+
+
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True,
+              help="Registered backbone (see `edgetl backbones`).")
+@click.option("--weights", default="default", show_default=True,
+              help="'default' (installed ImageNet weights), PATH to a timm/torchvision/lukemelas state dict, "
+                   "'timm' (download, needs network) or 'none' (random init).")
+@click.option("--strategy", type=click.Choice(["auto", "linear", "partial", "full"]), default="auto",
+              show_default=True, help="linear: frozen backbone + new head; partial: top N stages; full: everything; "
+                                      "auto: by images per class.")
+@click.option("--unfreeze", default=3, show_default=True, help="partial: number of top backbone stages to train.")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (default per strategy: linear 300, "
+                                                          "partial 12, full 10).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", type=float, default=None, help="Head learning rate (default 1e-3); backbone stages get less.")
+@click.option("--backbone-lr-ratio", default=0.1, show_default=True, help="Top backbone stage lr = lr x ratio.")
+@click.option("--layer-decay", default=0.7, show_default=True, help="Each lower stage's lr is multiplied by this.")
+@click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay.")
+@click.option("--dropout", default=0.2, show_default=True, help="Dropout on the embedding before the head.")
+@click.option("--label-smoothing", default=0.1, show_default=True)
+@click.option("--augment", type=click.Choice(["none", "light", "strong"]), default="light", show_default=True,
+              help="Training augmentation (partial/full; linear trains on cached un-augmented embeddings).")
+@click.option("--l2sp", default=0.0, show_default=True,
+              help="L2-SP strength: pull backbone weights toward the pretrained ones (replaces their weight decay).")
+@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default per strategy).")
+@click.option("--val-split", default=0.2, show_default=True, help="Validation fraction when DATA has no train/ val/.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the split, initialisation and batch order.")
+@click.option("--cache-dir", default=None, help="Embedding cache (default $EDGETL_CACHE or ~/.cache/edgetl).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def finetune(data, out, as_json, **options):
+    """Fine-tune a pretrained backbone on a folder of images.
+
+    DATA is either DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/* split here
+    (stratified, seeded). Unreadable files are reported by name and skipped.
+
+    \b
+    Writes OUT/model.pt (loads with torch.load(weights_only=True)), OUT/labels.txt,
+    OUT/metrics.json (top1, balanced_accuracy, n, per_class, confusion, strategy, history)
+    and OUT/training_curve.png.
+
+    \b
+    Examples:
+      edgetl finetune data/hymenoptera --strategy linear --out runs/h-lin
+      edgetl finetune data/digits --val-split 0.2 --strategy partial --unfreeze 3 --out runs/d
+      edgetl finetune data/parts --backbone mobilenetv3_large_100 --weights mnv3.pth --out runs/m
+    """
+    from edgetl.finetune import FinetuneConfig, finetune as run_finetune
+
+    metrics = run_finetune(data, out, FinetuneConfig(**options))
+    _print_metrics(f"{metrics['strategy']} · validation ({out})", metrics, as_json)
+    if not as_json:
+        click.echo(f"run written to {out}/ (model.pt, labels.txt, metrics.json, training_curve.png)")
+
+
+@cli.command("evaluate-run")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the metrics JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate_run(run, data, out, as_json):
+    """Evaluate a training checkpoint (torch) on DATA/<class>/* (or DATA/val/<class>/*).
+
+    \b
+    Example:
+      edgetl evaluate-run runs/h-lin data/hymenoptera/val
+    """
+    from edgetl.evaluate import evaluate_run_on_folder
+
+    metrics = evaluate_run_on_folder(run, data, out)
+    _print_metrics(f"{run} on {data}", metrics, as_json)
+
+
+@cli.command()
+def backbones():
+    """List the supported backbones and their preprocessing."""
+    from rich.table import Table
+
+    from edgetl.backbones import BACKBONES
+    from edgetl.clikit import stdout
+
+    table = Table(title="backbones")
+    for col in ("name", "input", "resize", "mean", "std", "interp", "embedding", "weights package"):
+        table.add_column(col)
+    for spec in BACKBONES.values():
+        p = spec.preprocess()
+        table.add_row(spec.name, str(spec.size), str(p.resize), str(spec.mean), str(spec.std), spec.interpolation,
+                      str(spec.embedding_dim), spec.weight_package or "--weights PATH")
+    stdout.print(table)
+
 
 def main() -> None:
     run_group(cli)

@@ -1,0 +1,204 @@
+"""Image folders: discovery, validated file lists, seeded stratified splits, torch datasets.
+
+Two layouts are accepted:
+  root/train/<class>/*, root/val/<class>/*   (the split is the user's)
+  root/<class>/*                             (split here, stratified, seeded by --seed)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgetl.errors import EdgetlError
+from edgetl.runtime.images import Skipped, report_skipped, scan_images
+
+log = logging.getLogger("edgetl")
+
+IMBALANCE_RATIO = 3.0  # largest/smallest class size above which we warn
+
+
+@dataclass
+class Split:
+    root: Path
+    labels: list[str]
+    train: list[tuple[Path, int]]
+    val: list[tuple[Path, int]]
+    layout: str  # "train/val" or "class folders"
+    val_split: float | None
+    seed: int
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        """What metrics.json records, so export and evaluation can rebuild the same split."""
+        rel = lambda items: [str(p.relative_to(self.root)) for p, _ in items]  # noqa: E731
+        return {
+            "root": str(self.root.resolve()),
+            "layout": self.layout,
+            "val_split": self.val_split,
+            "seed": self.seed,
+            "labels": self.labels,
+            "train_files": rel(self.train),
+            "val_files": rel(self.val),
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
+        }
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan_class_folders(folder: Path, labels: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str], list[Skipped]]:
+    """(path, class index) for every decodable image under folder/<class>/, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgetlError(f"data folder '{folder}' does not exist or is not a directory")
+    dirs = _class_dirs(folder)
+    if not dirs:
+        raise EdgetlError(f"'{folder}' has no class sub-folders; expected {folder}/<class>/image.jpg")
+    found = [d.name for d in dirs]
+    if labels is None:
+        labels = found
+    else:
+        unknown = sorted(set(found) - set(labels))
+        if unknown:
+            raise EdgetlError(f"'{folder}' has classes the model does not know: {unknown}; known: {labels}")
+    items, skipped, total = [], [], 0
+    for d in dirs:
+        good, bad = scan_images(d)
+        total += len(good) + len(bad)
+        items += [(p, labels.index(d.name)) for p in good]
+        skipped += bad
+    report_skipped(skipped, total)
+    if not items:
+        raise EdgetlError(f"no readable images under '{folder}'")
+    return items, labels, skipped
+
+
+def _stratified_split(items, val_split: float, seed: int):
+    by_class: dict[int, list] = {}
+    for item in items:
+        by_class.setdefault(item[1], []).append(item)
+    rng = random.Random(seed)
+    train, val = [], []
+    for cls in sorted(by_class):
+        group = sorted(by_class[cls])
+        rng.shuffle(group)
+        n_val = int(round(len(group) * val_split))
+        if len(group) >= 2:
+            n_val = min(max(n_val, 1), len(group) - 1)  # every class in both splits
+        else:
+            n_val = 0
+        val += group[:n_val]
+        train += group[n_val:]
+    return sorted(train), sorted(val)
+
+
+def warn_imbalance(items, labels: list[str], where: str) -> None:
+    counts = Counter(c for _, c in items)
+    sizes = [counts.get(i, 0) for i in range(len(labels))]
+    empty = [labels[i] for i, n in enumerate(sizes) if n == 0]
+    if empty:
+        raise EdgetlError(f"{where}: classes {empty} have no readable images")
+    if max(sizes) > IMBALANCE_RATIO * min(sizes):
+        big, small = labels[sizes.index(max(sizes))], labels[sizes.index(min(sizes))]
+        log.warning("%s is imbalanced: '%s' has %d images, '%s' only %d; balanced accuracy is the metric to watch",
+                    where, big, max(sizes), small, min(sizes))
+
+
+def load_split(root: str | Path, val_split: float = 0.2, seed: int = 0) -> Split:
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgetlError(f"data folder '{root}' does not exist; pass a folder of class sub-folders")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, labels, skipped = scan_class_folders(root / "train")
+        val, _, skipped_val = scan_class_folders(root / "val", labels)
+        split = Split(root, labels, train, val, "train/val", None, seed, skipped + skipped_val)
+    else:
+        if not 0.0 < val_split < 1.0:
+            raise EdgetlError(f"--val-split {val_split} must be between 0 and 1 for a folder without train/ and val/")
+        items, labels, skipped = scan_class_folders(root)
+        train, val = _stratified_split(items, val_split, seed)
+        split = Split(root, labels, train, val, "class folders", val_split, seed, skipped)
+    if len(split.labels) < 2:
+        raise EdgetlError(f"'{root}' has one class ({split.labels[0]}); a classifier needs at least two")
+    warn_imbalance(split.train, split.labels, "training data")
+    if not split.val:
+        raise EdgetlError(f"'{root}': the validation split is empty; add images or raise --val-split")
+    return split
+
+
+def split_from_record(record: dict) -> Split:
+    """Rebuild the exact split a run was trained on from its metrics.json `data` record."""
+    root = Path(record["root"])
+    labels = list(record["labels"])
+    def items(files):
+        out = []
+        for rel in files:
+            path = root / rel
+            out.append((path, labels.index(Path(rel).parent.name)))
+        return out
+    missing = [str(root / f) for f in record["val_files"] if not (root / f).is_file()]
+    if missing:
+        raise EdgetlError(f"the run's validation images are gone (e.g. '{missing[0]}'); pass the data folder explicitly")
+    return Split(root, labels, items(record["train_files"]), items(record["val_files"]),
+                 record["layout"], record.get("val_split"), int(record.get("seed", 0)))
+
+
+# ---------------------------------------------------------------------------------------
+# torch side (imported lazily: this module's scanning part is used by CLIs that may not train)
+# ---------------------------------------------------------------------------------------
+
+AUGMENTATIONS = ("none", "light", "strong")
+
+
+def train_transform(preprocess, augment: str = "light"):
+    """torchvision v2 augmentation ending in the same normalisation as `preprocess`."""
+    import torch
+    from torchvision.transforms import InterpolationMode, v2
+
+    interp = InterpolationMode(preprocess.interpolation)
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(preprocess.mean), list(preprocess.std))]
+    if augment == "none":
+        return None  # the caller uses the eval preprocessing
+    if augment == "light":
+        ops = [v2.RandomResizedCrop(preprocess.size, scale=(0.6, 1.0), interpolation=interp, antialias=True),
+               v2.RandomHorizontalFlip(),
+               v2.ColorJitter(0.2, 0.2, 0.2)]
+    elif augment == "strong":
+        ops = [v2.RandomResizedCrop(preprocess.size, scale=(0.3, 1.0), interpolation=interp, antialias=True),
+               v2.RandomHorizontalFlip(),
+               v2.RandAugment(num_ops=2, magnitude=9),
+               v2.ColorJitter(0.3, 0.3, 0.3, 0.05)]
+    else:
+        raise EdgetlError(f"--augment '{augment}' is not one of {AUGMENTATIONS}")
+    return v2.Compose(ops + tail)
+
+
+class ImageDataset:
+    """Map-style dataset for a torch DataLoader; files were validated by the scan, and
+    decoding goes through `load_rgb` like everywhere else."""
+
+    def __init__(self, items, preprocess, transform=None):
+        self.items = list(items)
+        self.preprocess = preprocess
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        import torch
+
+        from edgetl.runtime.images import load_rgb
+
+        path, label = self.items[i]
+        image = load_rgb(path, min_side=self.preprocess.resize)
+        if self.transform is None:
+            x = torch.from_numpy(self.preprocess.to_array(image).transpose(2, 0, 1).copy())
+        else:
+            x = self.transform(image)
+        return x, label

@@ -1,0 +1,133 @@
+"""Training loops: the head on cached embeddings, and the backbone on augmented images.
+
+Both stop early on validation balanced accuracy and restore the best weights, so the
+saved model is the one whose numbers metrics.json reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from edgetl.data import ImageDataset, train_transform
+from edgetl.finetune.config import FinetuneConfig
+from edgetl.finetune.features import progress
+from edgetl.finetune.strategies import param_groups, set_train_mode
+from edgetl.metrics import balanced_accuracy
+
+
+class EarlyStopping:
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = -1.0
+        self.best_epoch = -1
+        self.best_state = None
+
+    def update(self, score: float, epoch: int, module: nn.Module) -> bool:
+        """Record the epoch; True when training should stop."""
+        if score > self.best + 1e-6:
+            self.best, self.best_epoch = score, epoch
+            self.best_state = copy.deepcopy(module.state_dict())
+        return epoch - self.best_epoch >= self.patience
+
+
+def train_head(head: nn.Linear, dropout: float, train_x, train_y, val_x, val_y, cfg: FinetuneConfig,
+               epochs: int, lr: float, patience: int) -> list[dict]:
+    """Softmax regression on frozen embeddings (feature extraction). Seconds on a CPU."""
+    num_classes = head.out_features
+    model = nn.Sequential(nn.Dropout(dropout), head)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    tx, ty = torch.from_numpy(train_x), torch.from_numpy(np.asarray(train_y, dtype=np.int64))
+    vx, vy = torch.from_numpy(val_x), np.asarray(val_y)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stopper, history = EarlyStopping(patience), []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(tx), generator=gen)
+        total = 0.0
+        for start in range(0, len(tx), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            loss = loss_fn(model(tx[idx]), ty[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        with torch.no_grad():
+            logits = head(vx)
+            val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(vy.astype(np.int64))))
+        pred = logits.argmax(1).numpy()
+        bacc = balanced_accuracy(vy, pred, num_classes)
+        history.append({"phase": "linear", "epoch": epoch, "train_loss": total / len(tx), "val_loss": val_loss,
+                        "val_top1": float((pred == vy).mean()), "val_balanced_accuracy": bacc})
+        if stopper.update(bacc, epoch, head):
+            break
+    head.load_state_dict(stopper.best_state)
+    return history
+
+
+def predict_logits(model: nn.Module, items, preprocess, batch_size: int = 32) -> np.ndarray:
+    model.eval()
+    loader = DataLoader(ImageDataset(items, preprocess), batch_size=batch_size, shuffle=False)
+    out = []
+    with torch.inference_mode():
+        for x, _ in loader:
+            out.append(model(x).numpy())
+    return np.concatenate(out)
+
+
+def train_backbone(model, trainable_stages, train_items, val_items, preprocess, cfg: FinetuneConfig,
+                   epochs: int, lr: float, patience: int, strategy: str) -> list[dict]:
+    """Fine-tune the trainable stages and the head on augmented images."""
+    num_classes = model.head.out_features
+    l2sp_ref = None
+    if cfg.l2sp > 0:
+        l2sp_ref = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if p.requires_grad}
+    groups = param_groups(model, trainable_stages, lr, cfg.backbone_lr_ratio, cfg.layer_decay, cfg.weight_decay,
+                          l2sp=l2sp_ref is not None)
+    opt = torch.optim.AdamW(groups)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    transform = train_transform(preprocess, cfg.augment)
+    loader = DataLoader(ImageDataset(train_items, preprocess, transform), batch_size=cfg.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(cfg.seed), num_workers=0)
+    val_y = np.array([c for _, c in val_items])
+    stopper, history = EarlyStopping(patience), []
+    with progress() as bar:
+        task = bar.add_task(f"{strategy} fine-tuning", total=epochs * len(loader))
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            set_train_mode(model, trainable_stages)
+            total, seen = 0.0, 0
+            for x, y in loader:
+                loss = loss_fn(model(x), y)
+                if l2sp_ref is not None:
+                    loss = loss + 0.5 * cfg.l2sp * sum(((p - l2sp_ref[n]) ** 2).sum()
+                                                       for n, p in model.backbone.named_parameters() if n in l2sp_ref)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(y)
+                seen += len(y)
+                bar.advance(task)
+            sched.step()
+            logits = predict_logits(model, val_items, preprocess, cfg.batch_size)
+            pred = logits.argmax(1)
+            val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y)))
+            bacc = balanced_accuracy(val_y, pred, num_classes)
+            history.append({"phase": strategy, "epoch": epoch, "train_loss": total / seen, "val_loss": val_loss,
+                            "val_top1": float((pred == val_y).mean()), "val_balanced_accuracy": bacc,
+                            "seconds": time.perf_counter() - t0})
+            bar.console.log(f"epoch {epoch}: train loss {total / seen:.3f}, val top1 {history[-1]['val_top1']:.3f}, "
+                            f"balanced {bacc:.3f}")
+            if stopper.update(bacc, epoch, model):
+                bar.update(task, completed=epochs * len(loader))
+                break
+    model.load_state_dict(stopper.best_state)
+    return history

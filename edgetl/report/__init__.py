@@ -1,0 +1,1 @@
+"""Metrics plots and reports (host side: matplotlib)."""
