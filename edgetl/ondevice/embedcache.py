@@ -1,0 +1,90 @@
+"""Embeddings of local images, cached by file content so a retrain re-embeds only new files.
+
+The cache (`BUNDLE/cache/embeddings.npz`) is tied to the backbone that produced it: a
+re-exported bundle with another model starts a fresh cache instead of mixing spaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edgetl.clikit import stderr
+from edgetl.fsutil import atomic_write_bytes, sha256_file
+
+log = logging.getLogger("edgetl")
+
+CACHE = Path("cache") / "embeddings.npz"
+BATCH = 16
+# Files that are not the backbone: the head and its companions change without changing
+# the embedding space.
+_NOT_BACKBONE = ("head.npz", "reference.npz", "labels.txt")
+
+
+def backbone_id(manifest: dict) -> str:
+    model_files = {k: v for k, v in manifest["files"].items() if k not in _NOT_BACKBONE}
+    blob = json.dumps({"files": model_files, "preprocess": manifest["preprocess"]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class EmbeddingCache:
+    def __init__(self, bundle_dir: Path, manifest: dict):
+        self.path = Path(bundle_dir) / CACHE
+        self.backbone = backbone_id(manifest)
+        self.rows: dict[str, np.ndarray] = {}
+        self.dirty = False
+        if self.path.is_file():
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    if str(z["backbone"]) == self.backbone:
+                        self.rows = dict(zip((str(d) for d in z["digests"]), np.asarray(z["embeddings"], np.float32)))
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("embedding cache '%s' is unreadable (%s); recomputing", self.path, exc)
+
+    def get(self, digest: str) -> np.ndarray | None:
+        return self.rows.get(digest)
+
+    def put(self, digest: str, emb: np.ndarray) -> None:
+        self.rows[digest] = np.asarray(emb, np.float32)
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        digests = list(self.rows)
+        buf = io.BytesIO()
+        np.savez(buf, backbone=np.array(self.backbone), digests=np.array(digests, dtype=np.str_),
+                 embeddings=np.stack([self.rows[d] for d in digests]).astype(np.float32))
+        atomic_write_bytes(self.path, buf.getvalue())
+        self.dirty = False
+
+
+def embed_files(bundle_dir: Path, manifest: dict, paths: list[Path], embedder) -> tuple[np.ndarray, list[str]]:
+    """Embeddings [N, D] and sha256 digests of `paths`; only cache misses reach `embedder`.
+
+    `embedder()` returns an object with `.embed(paths) -> float32 [n, D]`; it is created only
+    when something is missing, so a fully cached retrain never loads the model.
+    """
+    cache = EmbeddingCache(bundle_dir, manifest)
+    digests = [sha256_file(p) for p in paths]
+    missing = sorted({d: p for d, p in zip(digests, paths) if cache.get(d) is None}.items())
+    if missing:
+        model = embedder()
+        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=stderr, transient=True) as progress:
+            bar = progress.add_task("embed", total=len(missing))
+            for i in range(0, len(missing), BATCH):
+                chunk = missing[i:i + BATCH]
+                for (d, _), emb in zip(chunk, model.embed([p for _, p in chunk])):
+                    cache.put(d, emb)
+                progress.advance(bar, len(chunk))
+        cache.save()
+    log.info("%d images: %d embedded, %d from the cache", len(paths), len(missing), len(paths) - len(missing))
+    return np.stack([cache.get(d) for d in digests]), digests

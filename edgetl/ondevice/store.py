@@ -1,0 +1,226 @@
+"""Versioned head store inside a bundle directory (numpy only, crash-safe).
+
+Layout: `heads/index.json` and `heads/vNNNN.npz` for the default task, `heads/<task>/...`
+for any other task of a multi-task bundle, so each task's head is versioned on its own.
+Version 0 is a copy of the factory head.
+
+Crash safety: a head file is written to a temp file, fsynced, renamed into place and its
+directory fsynced; only then is the index rewritten the same way. A SIGKILL at any moment
+leaves either the old index (and perhaps an orphan head file nobody lists) or the new one,
+so a reader always opens at the last complete version. Writers hold an flock on
+`heads/<task>/.lock` (released by the kernel when a writer dies) and remove orphans, which
+no reader can be using because only the index makes a file visible.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+from edgetl.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+
+INDEX = "index.json"
+INDEX_FORMAT = "edgetl.heads/1"
+DEFAULT_TASK = "default"
+_HEAD_FILE = re.compile(r"^v(\d{4,})\.npz$")
+_TEMP_FILE = re.compile(r"^\..+\.tmp$")  # what fsutil.atomic_write_bytes leaves behind on a kill
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A linear head over the backbone's embedding: logits = emb @ weight.T + bias."""
+
+    weight: np.ndarray  # float32 [C, D]
+    bias: np.ndarray  # float32 [C]
+    labels: tuple[str, ...]
+
+    def __post_init__(self):
+        w, b = self.weight, self.bias
+        if w.ndim != 2 or b.shape != (w.shape[0],) or len(self.labels) != w.shape[0]:
+            raise ValueError(f"head shapes disagree: weight {w.shape}, bias {b.shape}, {len(self.labels)} labels")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"head labels are not unique: {list(self.labels)}")
+
+    def logits(self, emb: np.ndarray) -> np.ndarray:
+        return emb @ self.weight.T + self.bias
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        return np.argmax(self.logits(emb), axis=1)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, weight=self.weight.astype(np.float32), bias=self.bias.astype(np.float32),
+                 labels=np.array(self.labels, dtype=np.str_))
+        return buf.getvalue()
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Head":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(np.asarray(z["weight"], np.float32), np.asarray(z["bias"], np.float32),
+                           tuple(str(s) for s in z["labels"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise EdgetlError(f"head file '{path}' is unreadable ({exc}); roll back with "
+                              "`edgetl-device rollback`") from None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def store_dir(bundle_dir: str | Path, task: str = DEFAULT_TASK) -> Path:
+    if not _TASK_NAME.match(task):
+        raise EdgetlError(f"task name '{task}' must be letters, digits, '_', '-' or '.'")
+    root = Path(bundle_dir) / "heads"
+    return root if task == DEFAULT_TASK else root / task
+
+
+class HeadStore:
+    """The versions of one task's head. Reading needs no lock; writing goes through `writer()`."""
+
+    def __init__(self, bundle_dir: str | Path, task: str = DEFAULT_TASK):
+        self.bundle_dir = Path(bundle_dir)
+        self.task = task
+        self.dir = store_dir(bundle_dir, task)
+        self.index_path = self.dir / INDEX
+
+    # -- reading ----------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.index_path.is_file()
+
+    def index(self) -> dict:
+        try:
+            index = json.loads(self.index_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EdgetlError(f"'{self.dir}' holds no head store yet; the factory head is in use") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EdgetlError(f"head index '{self.index_path}' is corrupt ({exc}); delete '{self.dir}' to go "
+                              "back to the factory head") from None
+        if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+            raise EdgetlError(f"head index '{self.index_path}' is not an {INDEX_FORMAT} index; delete "
+                              f"'{self.dir}' to go back to the factory head")
+        return index
+
+    def entry(self, version: int, index: dict | None = None) -> dict:
+        index = index or self.index()
+        for e in index["versions"]:
+            if e["version"] == version:
+                return e
+        known = ", ".join(str(e["version"]) for e in index["versions"])
+        raise EdgetlError(f"head version {version} is not in '{self.index_path}' (known: {known})")
+
+    def active_version(self, index: dict | None = None) -> int:
+        return int((index or self.index())["active"])
+
+    def load(self, version: int, index: dict | None = None) -> Head:
+        """Load one version, refusing a file whose sha256 differs from the index."""
+        e = self.entry(version, index)
+        path = self.dir / e["file"]
+        if not path.is_file():
+            raise EdgetlError(f"head file '{path}' (version {version}) is missing; roll back with "
+                              "`edgetl-device rollback`")
+        if sha256_file(path) != e["sha256"]:
+            raise EdgetlError(f"head file '{path}' does not match its sha256 in '{self.index_path}' "
+                              "(tampered or corrupt); refusing it. Roll back with `edgetl-device rollback`")
+        head = Head.from_file(path)
+        if list(head.labels) != e["labels"]:
+            raise EdgetlError(f"head file '{path}' labels differ from '{self.index_path}'; refusing it")
+        return head
+
+    def load_active(self) -> tuple[int, Head]:
+        index = self.index()
+        version = self.active_version(index)
+        return version, self.load(version, index)
+
+    def verify(self) -> list[str]:
+        """Problems with any listed version (empty when every file is present and intact)."""
+        problems = []
+        index = self.index()
+        for e in index["versions"]:
+            try:
+                self.load(e["version"], index)
+            except EdgetlError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def state_key(self) -> tuple | None:
+        """Changes whenever the index is replaced (atomic rename = new inode), for cheap reloads."""
+        try:
+            st = os.stat(self.index_path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    # -- writing ----------------------------------------------------------------------
+    @contextmanager
+    def writer(self, factory: "callable[[], Head]"):
+        """Exclusive write access. Creates the store (v0 = `factory()`) and clears crash leftovers."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EdgetlError(f"another edgetl-device command is changing '{self.dir}'; wait for it "
+                                  "to finish") from None
+            if not self.exists():
+                self._create(factory())
+            self._clean_orphans()
+            yield _Writer(self)
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _create(self, head: Head) -> None:
+        entry = self._write_head(0, head, parent=None, source="factory", data_digest=None, metrics={})
+        atomic_write_json(self.index_path, {"format": INDEX_FORMAT, "task": self.task, "active": 0,
+                                            "versions": [entry]})
+        fsync_dir(self.dir.parent)
+
+    def _write_head(self, version: int, head: Head, **info) -> dict:
+        name = f"v{version:04d}.npz"
+        atomic_write_bytes(self.dir / name, head.to_bytes())
+        return {"version": version, "file": name, "sha256": sha256_file(self.dir / name),
+                "created": utc_now(), "labels": list(head.labels), **info}
+
+    def _clean_orphans(self) -> None:
+        listed = {e["file"] for e in self.index()["versions"]}
+        for path in self.dir.iterdir():
+            if path.is_file() and (_TEMP_FILE.match(path.name) or
+                                   (_HEAD_FILE.match(path.name) and path.name not in listed)):
+                path.unlink()
+
+
+class _Writer:
+    """Mutations of a locked store; each one ends with one atomic index write."""
+
+    def __init__(self, store: HeadStore):
+        self.store = store
+
+    def add(self, head: Head, *, parent: int, source: str, data_digest: str | None, metrics: dict,
+            activate: bool) -> int:
+        index = self.store.index()
+        version = max(e["version"] for e in index["versions"]) + 1
+        entry = self.store._write_head(version, head, parent=parent, source=source,
+                                       data_digest=data_digest, metrics=metrics)
+        index["versions"].append(entry)
+        if activate:
+            index["active"] = version
+        atomic_write_json(self.store.index_path, index)
+        return version
+
+    def activate(self, version: int) -> None:
+        index = self.store.index()
+        self.store.load(version, index)  # never point the index at a missing or tampered file
+        index["active"] = version
+        atomic_write_json(self.store.index_path, index)
