@@ -17,5 +17,11 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
+from edgetl.runtime.commands import evaluate_cmd, predict_cmd  # noqa: E402
+
+cli.add_command(predict_cmd)
+cli.add_command(evaluate_cmd)
+
+
 def main() -> None:
     run_group(cli)

@@ -1,0 +1,92 @@
+"""Evaluate a bundle on labelled images with the device runtime (torch-free).
+
+The same function scores the artifact right after export on the host, in `edgetl evaluate`
+and in `edgetl-device evaluate` on the board, so the numbers are comparable by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from edgetl.clikit import stderr
+from edgetl.errors import EdgetlError
+from edgetl.metrics import classification_metrics
+from edgetl.runtime.images import report_skipped, scan_images
+from edgetl.runtime.predictor import Predictor
+
+log = logging.getLogger("edgetl")
+
+
+def labelled_images(data_dir: str | Path, labels: Sequence[str]) -> tuple[list[Path], list[int], int]:
+    """(paths, class indices, skipped count) for DATA/<label>/* (or DATA/val/<label>/*).
+
+    Class folders must be among the bundle's labels; a label without a folder is fine (the
+    metrics show it with support 0).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise EdgetlError(f"data folder '{root}' does not exist; pass a folder of <class>/ sub-folders")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not set(classes) & set(labels) and (root / "val").is_dir():
+        log.info("'%s' has train/ and val/; evaluating on '%s'", root, root / "val")
+        root = root / "val"
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [c for c in classes if c not in labels]
+    if unknown or not classes:
+        raise EdgetlError(f"'{root}' has class folders {unknown or classes} that the bundle does not know; "
+                          f"expected sub-folders named after its labels: {list(labels)}")
+    paths, y, skipped, total = [], [], [], 0
+    for c in classes:
+        good, bad = scan_images(root / c)
+        total += len(good) + len(bad)
+        paths += good
+        y += [list(labels).index(c)] * len(good)
+        skipped += bad
+    report_skipped(skipped, total)
+    if not paths:
+        raise EdgetlError(f"no readable images under '{root}'")
+    return paths, y, len(skipped)
+
+
+def evaluate_items(predictor: Predictor, paths: Sequence, y_true: Sequence[int], batch_size: int = 16,
+                   description: str = "evaluating") -> dict:
+    """Metrics JSON (top1, balanced_accuracy, n, per_class, confusion) plus mean latency."""
+    preds, infer_s = [], 0.0
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=stderr, transient=True) as progress:
+        task = progress.add_task(description, total=len(paths))
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i:i + batch_size]
+            batch = predictor.prepare(chunk)
+            t0 = time.perf_counter()
+            emb = predictor.embed(batch)
+            infer_s += time.perf_counter() - t0
+            preds.append(np.argmax(predictor.logits(emb), axis=1))
+            progress.advance(task, len(chunk))
+    y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    metrics = classification_metrics(y_true, y_pred, predictor.labels)
+    metrics["latency_ms"] = {"inference_mean": infer_s * 1e3 / max(1, len(paths)),
+                             "threads": predictor.backend.threads}
+    return metrics
+
+
+def evaluate_folder(bundle_dir: str | Path, data_dir: str | Path, threads: int | None = None) -> dict:
+    predictor = Predictor.open(bundle_dir, threads=threads)
+    paths, y, skipped = labelled_images(data_dir, predictor.labels)
+    metrics = evaluate_items(predictor, paths, y)
+    target = predictor.manifest["target"]
+    metrics.update({
+        "bundle": str(bundle_dir),
+        "data": str(data_dir),
+        "target": target.get("name") if isinstance(target, dict) else target,
+        "precision": predictor.manifest["precision"],
+        "backend": predictor.manifest["backend"],
+        "skipped": skipped,
+    })
+    return metrics
