@@ -22,6 +22,10 @@ from edgetl.runtime.commands import evaluate_cmd, predict_cmd  # noqa: E402
 cli.add_command(predict_cmd)
 cli.add_command(evaluate_cmd)
 
+from edgetl.runtime.engine_cmd import build_engine_cmd  # noqa: E402
+
+cli.add_command(build_engine_cmd)
+
 
 def main() -> None:
     run_group(cli)

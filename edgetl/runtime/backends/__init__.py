@@ -18,6 +18,7 @@ from edgetl.errors import EdgetlError
 BACKENDS: dict[str, str] = {
     "tflite": "edgetl.runtime.backends.tflite:TFLiteBackend",
     "onnxruntime": "edgetl.runtime.backends.onnxrt:OnnxRuntimeBackend",
+    "tensorrt": "edgetl.runtime.backends.tensorrt:TensorRTBackend",
 }
 
 
