@@ -104,21 +104,22 @@ def map_state_dict(source: dict, target: dict, origin: str) -> dict:
     """
     import torch
 
-    def drop_classifier(sd):
-        return {k: v for k, v in sd.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-
-    src, tgt = drop_classifier(source), drop_classifier(target)
-    if set(src) == set(tgt) and all(src[k].shape == tgt[k].shape for k in tgt):
-        return src
-    src_keys = [k for k in src if not _is_buffer_counter(k)]
+    tgt = {k: v for k, v in target.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    if set(tgt) <= set(source) and all(source[k].shape == tgt[k].shape for k in tgt):
+        return {k: source[k] for k in tgt}
+    src_keys = [k for k in source if not _is_buffer_counter(k)]
     tgt_keys = [k for k in tgt if not _is_buffer_counter(k)]
+    # The ImageNet classifier is the trailing tensors; torchvision's MobileNetV3 keeps a
+    # hidden Linear under 'classifier.0' that is timm's conv_head, so cut by count, not name.
+    extra = src_keys[len(tgt_keys):]
+    if extra and all(k.startswith(CLASSIFIER_PREFIXES) for k in extra):
+        src_keys = src_keys[:len(tgt_keys)]
     problems = []
     if len(src_keys) != len(tgt_keys):
-        missing = sorted(set(tgt_keys) - set(src_keys))[:5]
-        problems.append(f"{len(src_keys)} tensors, the model has {len(tgt_keys)} (e.g. missing {missing})")
+        problems.append(f"the file has {len(src_keys)} tensors, the model {len(tgt_keys)}")
     mapped = {}
     for sk, tk in zip(src_keys, tgt_keys):
-        s, t = src[sk], tgt[tk]
+        s, t = source[sk], tgt[tk]
         if s.shape == t.shape:
             mapped[tk] = s
         elif s.numel() == t.numel() and s.squeeze().shape == t.squeeze().shape:

@@ -24,9 +24,10 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
-from edgetl.export.commands import targets_cmd  # noqa: E402  (commands register after the group exists)
+from edgetl.export.commands import export_cmd, targets_cmd  # noqa: E402  (commands register after the group exists)
 
 cli.add_command(targets_cmd)
+cli.add_command(export_cmd)
 
 from edgetl.runtime.commands import evaluate_cmd  # noqa: E402  (the device runtime, run on the host)
 
@@ -148,3 +149,7 @@ def backbones():
 
 def main() -> None:
     run_group(cli)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared fixtures: real data from ../shared/data and the repo's demo set; no mocks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HYMENOPTERA = SHARED_DATA / "hymenoptera_data"
+DIGITS = SHARED_DATA / "sign_language_digits"
+DEMO = REPO / "tests" / "data" / "sign-digits-demo"
+
+# Session fixtures for the exported TFLite bundles (int8_bundle, fp32_bundle).
+pytest_plugins = ["tests.tflite_fixtures", "tests.jetson_fixtures"]
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.is_dir(), reason=f"shared data '{path}' is not beside the repository")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache(tmp_path_factory) -> Path:
+    """One embedding cache per test session, so tests never read a developer's cache."""
+    path = tmp_path_factory.mktemp("edgetl-cache")
+    os.environ["EDGETL_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A real linear-probe run on the demo set with the installed EfficientNet-Lite0 weights."""
+    from edgetl.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("runs") / "demo-linear"
+    finetune(DEMO, out, FinetuneConfig(strategy="linear", epochs=150, seed=0))
+    return out
