@@ -79,6 +79,9 @@ TENSORRT_QDQ_OPTIONS = {
     "ActivationSymmetric": True,
     "WeightSymmetric": True,
     "QuantizeBias": False,
+    # The weight-scale bump onnxruntime makes so an int32 bias stays representable only
+    # costs weight precision when the bias stays float.
+    "QDQDisableWeightAdjustForInt32Bias": True,
     "AddQDQPairToWeight": True,
     "DedicatedQDQPair": True,
     "OpTypesToExcludeOutputQuantization": ["Conv", "Add"],
@@ -114,24 +117,31 @@ def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Seque
     reader = ArrayCalibrationReader(calibration, input_name)
     out_path = Path(out_path)
     chatter = io.StringIO()
-    with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp, contextlib.redirect_stdout(chatter):
-        # Shape inference only: export_onnx already folded the graph, and re-optimizing
-        # would rename tensors the calibration cache refers to.
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
-        cache = Path(tmp) / "ranges.json"
-        quantize_static(
-            str(prepared), str(out_path), reader,
-            op_types_to_quantize=TENSORRT_QDQ_OPS,
-            quant_format=QuantFormat.QDQ,
-            per_channel=recipe.per_channel_weights,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            extra_options={**TENSORRT_QDQ_OPTIONS, **calib_extra},
-            calibration_cache_path=str(cache),
-        )
-        data = load_tensors_data(cache)
+    root = logging.getLogger()
+    level = root.level
+    # onnxruntime's quantizer prints and logs per-tensor chatter on the root logger.
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp, contextlib.redirect_stdout(chatter):
+            # Shape inference only: export_onnx already folded the graph, and re-optimizing
+            # would rename tensors the calibration cache refers to.
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
+            cache = Path(tmp) / "ranges.json"
+            quantize_static(
+                str(prepared), str(out_path), reader,
+                op_types_to_quantize=TENSORRT_QDQ_OPS,
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel_weights,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                extra_options={**TENSORRT_QDQ_OPTIONS, **calib_extra},
+                calibration_cache_path=str(cache),
+            )
+            data = load_tensors_data(cache)
+    finally:
+        root.setLevel(level)
     log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
     ranges = {name: (float(np.asarray(td.range_value[0]).item()), float(np.asarray(td.range_value[1]).item()))
               for name, td in data.data.items()}

@@ -1,0 +1,108 @@
+"""INT8 QDQ ONNX for TensorRT from onnxruntime's quantize_static, inspected node by node,
+and the TensorRT calibration cache written from the same calibration ranges."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import onnx
+import pytest
+
+from edgetl.errors import EdgetlError
+from edgetl.export.onnx import run_onnx
+from edgetl.export.tensorrt import qdq_structure, validate_tensorrt
+from edgetl.quantize.onnx_qdq import (ort_calibration, read_tensorrt_calibration_cache, tensorrt_version_number,
+                                      write_tensorrt_calibration_cache)
+from edgetl.quantize.recipes import load_recipe
+from tests.jetson_fixtures import demo_images
+
+
+
+def test_every_conv_weight_and_activation_has_a_qdq_pair(qdq):
+    model = onnx.load(str(qdq.path))
+    onnx.checker.check_model(model, full_check=True)
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 49
+    for conv in convs:
+        for role, name in (("activation", conv.input[0]), ("weight", conv.input[1])):
+            dq = producer.get(name)
+            assert dq is not None and dq.op_type == "DequantizeLinear", (conv.name, role)
+            q = producer.get(dq.input[0])
+            assert q is not None and q.op_type == "QuantizeLinear", (conv.name, role)
+            # Symmetric int8: zero points are int8 zeros (TensorRT supports no other).
+            zp = onnx.numpy_helper.to_array(inits[dq.input[2]])
+            assert zp.dtype == np.int8 and not zp.any(), (conv.name, role)
+            if role == "weight":
+                assert q.input[0] in inits  # float weight -> Q -> DQ, as TensorRT expects
+                scale = onnx.numpy_helper.to_array(inits[dq.input[1]])
+                assert scale.shape == (inits[q.input[0]].dims[0],)  # per output channel
+        # Bias stays a float initializer, fed straight into the conv.
+        if len(conv.input) > 2 and conv.input[2]:
+            assert conv.input[2] in inits and conv.input[2] not in producer
+            assert inits[conv.input[2]].data_type == onnx.TensorProto.FLOAT
+    # Residual adds are quantized on their inputs too (TensorRT fuses int8 residuals).
+    for add in (n for n in graph.node if n.op_type == "Add"):
+        assert all(producer[i].op_type == "DequantizeLinear" for i in add.input)
+    assert not any(i.data_type == onnx.TensorProto.INT32 for i in graph.initializer)  # no int32 biases
+    s = qdq_structure(qdq.path)
+    assert s["convs"] == s["convs_qdq_activation"] == s["convs_qdq_weight"] == 49
+    assert validate_tensorrt(qdq.path, "int8")["qdq"] == s
+
+
+def test_onnxruntime_runs_the_qdq_model_close_to_fp32(qdq, fp32_onnx, lite0):
+    _, pre = lite0
+    x = pre.batch(demo_images(1, offset=20))  # not calibration images
+    a, b = run_onnx(fp32_onnx.path, x), run_onnx(qdq.path, x)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert b.shape == (10, 1280) and cos.min() > 0.95, cos
+
+
+def test_fp32_validator_refuses_qdq_and_int8_validator_refuses_fp32(qdq, fp32_onnx):
+    with pytest.raises(EdgetlError, match="Q/DQ"):
+        validate_tensorrt(qdq.path, "fp32")
+    with pytest.raises(EdgetlError, match="TensorRT-ready"):
+        validate_tensorrt(fp32_onnx.path, "int8")
+
+
+def test_tensorrt_calibration_cache_format(qdq, fp32_onnx, tmp_path):
+    path = write_tensorrt_calibration_cache(qdq.ranges, tmp_path / "calibration.cache", "8.5.2")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "TRT-8502-EntropyCalibration2"
+    for line in lines[1:]:
+        name, sep, hexval = line.rpartition(": ")
+        assert sep and len(hexval) == 8 and int(hexval, 16) >= 0
+    header, scales = read_tensorrt_calibration_cache(path)
+    assert header == lines[0] and set(scales) == set(qdq.ranges)
+    # Every cached tensor is a tensor of the FP32 ONNX (implicit INT8 reads it with that graph).
+    graph = onnx.load(str(fp32_onnx.path)).graph
+    tensors = {graph.input[0].name} | {o for n in graph.node for o in n.output}
+    assert set(scales) <= tensors and "input" in scales
+    lo, hi = qdq.ranges["input"]
+    expected = struct.unpack(">f", struct.pack(">f", max(abs(lo), abs(hi)) / 127.0))[0]
+    assert scales["input"] == expected
+    # ReLU6 outputs: amax 6 at most.
+    clip = [s for n, s in scales.items() if n.endswith("Clip_output_0")]
+    assert clip and max(clip) <= 6.0 / 127.0 + 1e-7
+
+
+def test_tensorrt_version_numbers():
+    assert tensorrt_version_number("8.5.2") == 8502
+    assert tensorrt_version_number("10.3.0") == 10300
+    assert tensorrt_version_number("8.2.1.8") == 8201
+
+
+def test_recipe_methods_map_to_onnxruntime():
+    from onnxruntime.quantization import CalibrationMethod
+
+    assert ort_calibration(load_recipe("entropy"))[0] == CalibrationMethod.Entropy
+    method, extra = ort_calibration(load_recipe("percentile"))
+    assert method == CalibrationMethod.Percentile and extra["CalibPercentile"] == 99.99
+    method, extra = ort_calibration(load_recipe("moving-average"))
+    assert method == CalibrationMethod.MinMax and extra["CalibMovingAverage"] is True
+    assert all(e["CalibTensorRangeSymmetric"] for e in (extra,))
+    with pytest.raises(EdgetlError, match="histogram"):
+        ort_calibration(load_recipe("histogram"))
