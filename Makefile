@@ -5,16 +5,22 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgetl-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test bench clean
+.PHONY: demo test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip >/dev/null
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
+DEMO_DATA := tests/data/sign-digits-demo
+DEMO_IMAGES := $(foreach c,0 3 7,$(firstword $(wildcard $(DEMO_DATA)/$(c)/*.JPG)))
+
+# The main job end to end: fine-tune -> INT8 TFLite bundle for rpi5 -> predict without torch.
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py --out $(DEMO_OUT)
+	$(BIN)/edgetl finetune $(DEMO_DATA) --strategy linear --out $(DEMO_OUT)/run
+	$(BIN)/edgetl export $(DEMO_OUT)/run --target rpi5 --precision int8 --out $(DEMO_OUT)/rpi5
+	$(BIN)/edgetl-device predict $(DEMO_OUT)/rpi5 $(DEMO_IMAGES)
+	@echo "demo results: $(DEMO_OUT)/run (metrics.json, training_curve.png), $(DEMO_OUT)/rpi5 (bundle, manifest.json)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
