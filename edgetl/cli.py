@@ -17,7 +17,6 @@ def cli(verbose: bool) -> None:
       edgetl finetune images/ --out runs/a            # train (transfer learning)
       edgetl export runs/a --target rpi5 --out dist/rpi5
       edgetl-device predict dist/rpi5 photo.jpg       # on the board, no torch
-      edgetl build edgetl.yaml                        # every target + report, for CI
 
     Add --debug anywhere to see tracebacks.
     """
