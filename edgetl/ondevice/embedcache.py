@@ -22,14 +22,11 @@ log = logging.getLogger("edgetl")
 
 CACHE = Path("cache") / "embeddings.npz"
 BATCH = 16
-# Files that are not the backbone: the head and its companions change without changing
-# the embedding space.
-_NOT_BACKBONE = ("head.npz", "reference.npz", "labels.txt")
 
 
 def backbone_id(manifest: dict) -> str:
-    model_files = {k: v for k, v in manifest["files"].items() if k not in _NOT_BACKBONE}
-    blob = json.dumps({"files": model_files, "preprocess": manifest["preprocess"]}, sort_keys=True)
+    model = manifest["model"]
+    blob = json.dumps({"model": manifest["files"][model["file"]], "preprocess": manifest["preprocess"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

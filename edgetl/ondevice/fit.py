@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FitConfig:
-    l2: float = 1e-2  # pull toward the anchor head, per weight
+    l2: float = 1e-1  # pull toward the anchor head, per weight
     lr: float = 1e-2  # Adam step
     max_steps: int = 500
     patience: int = 40  # steps without a better held-out loss before stopping
@@ -67,10 +67,16 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarr
     Deterministic for given inputs (the caller's seed decides the split).
     """
     x, x_val = x.astype(np.float64), x_val.astype(np.float64)
-    y, y_val = np.asarray(y, np.int64), np.asarray(y_val, np.int64)
-    num_classes = anchor_w.shape[0]
+    # Only the classes the local data shows take part: the softmax runs over them and only
+    # their rows move. A class with no local images keeps its row and is never pushed down
+    # for not appearing, which would wreck it for everyone else's data.
+    present = np.unique(y)
+    remap = np.full(anchor_w.shape[0], -1)
+    remap[present] = np.arange(len(present))
+    y, y_val = remap[np.asarray(y, np.int64)], remap[np.asarray(y_val, np.int64)]
+    num_classes = len(present)
     sw, sw_val = _balanced_weights(y, num_classes), _balanced_weights(y_val, num_classes)
-    w, b = anchor_w.astype(np.float64).copy(), anchor_b.astype(np.float64).copy()
+    w, b = anchor_w[present].astype(np.float64), anchor_b[present].astype(np.float64)
     aw, ab = w.copy(), b.copy()
     m = [np.zeros_like(w), np.zeros_like(b)]
     v = [np.zeros_like(w), np.zeros_like(b)]
@@ -88,4 +94,6 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarr
             best = (val, step, w.copy(), b.copy())
         elif step - best[1] >= cfg.patience:
             break
-    return FitResult(best[2].astype(np.float32), best[3].astype(np.float32), step, best[1], best[0])
+    weight, bias = anchor_w.astype(np.float32).copy(), anchor_b.astype(np.float32).copy()
+    weight[present], bias[present] = best[2], best[3]
+    return FitResult(weight, bias, step, best[1], best[0])

@@ -1,0 +1,66 @@
+"""`edgetl-device retrain`: refit the active head on local class folders, guarded and versioned.
+
+New labels join the old ones (imprinted first, then refined); old classes missing from the
+local data keep their rows, held near the current head by the anchored L2 term.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from edgetl.metrics import classification_metrics
+from edgetl.ondevice import guardrail
+from edgetl.ondevice.bundle import open_bundle
+from edgetl.ondevice.embedcache import embed_files
+from edgetl.ondevice.fit import FitConfig, fit_softmax
+from edgetl.ondevice.imprint import imprint
+from edgetl.ondevice.localdata import MIN_IMAGES, data_digest, scan_classes, stratified_holdout
+from edgetl.ondevice.store import Head
+
+log = logging.getLogger("edgetl")
+
+HOLDOUT = 0.2
+
+
+def retrain(bundle_dir: Path, data: Path, *, min_images: int = MIN_IMAGES, seed: int = 0,
+            tolerance: float = guardrail.DEFAULT_TOLERANCE, force: bool = False) -> dict:
+    bundle = open_bundle(bundle_dir)
+    classes = scan_classes(data, min_images)
+    paths = [p for ps in classes.values() for p in ps]
+    names = [label for label, ps in classes.items() for _ in ps]
+    with bundle.store.writer(bundle.factory) as writer:
+        parent, old = bundle.current()
+        emb, digests = embed_files(bundle.dir, bundle.manifest, paths, bundle.embedder)
+        t0 = time.perf_counter()
+        train, held = stratified_holdout(names, HOLDOUT, seed)
+        anchor = old
+        new_labels = [label for label in classes if label not in old.labels]
+        for label in new_labels:
+            rows = [i for i in train if names[i] == label]
+            anchor = imprint(anchor, emb[rows], label)
+        index = {label: i for i, label in enumerate(anchor.labels)}
+        y = [index[n] for n in names]
+        y_train, y_held = [y[i] for i in train], [y[i] for i in held]
+        result = fit_softmax(emb[train], y_train, emb[held], y_held, anchor.weight, anchor.bias, FitConfig())
+        new = Head(result.weight, result.bias, anchor.labels)
+        seconds = time.perf_counter() - t0
+        held_names = [names[i] for i in held]
+        verdict = guardrail.check(old, new, {"held-out": (emb[held], held_names), "reference": bundle.reference()},
+                                  tolerance)
+        held_metrics = classification_metrics(y_held, new.predict(emb[held]), list(new.labels))
+        metrics = {"images": len(paths), "train": len(train), "held_out": len(held), "new_labels": new_labels,
+                   "held_out_top1": held_metrics["top1"],
+                   "held_out_balanced_accuracy": held_metrics["balanced_accuracy"],
+                   "fit_seconds": round(seconds, 4), "steps": result.steps, "best_step": result.best_step,
+                   "seed": seed, "guardrail": verdict.to_dict()}
+        activate = guardrail.enforce(verdict, force)
+        summary = {"action": "retrain", "parent": parent, "labels": list(new.labels), "metrics": metrics,
+                   "activated": activate, "forced": force and not verdict.passed, "version": None}
+        if activate:
+            metrics["forced"] = summary["forced"]
+            summary["version"] = writer.add(new, parent=parent, source=f"retrain {Path(data).name}",
+                                            data_digest=data_digest(digests, names), metrics=metrics,
+                                            activate=True)
+    return summary

@@ -1,0 +1,233 @@
+"""On-device adaptation end to end: real bundle, real images, `edgetl-device` in subprocesses
+with torch/timm/onnx unimportable."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import DEMO, HYMENOPTERA, needs_shared
+from tests.ondevice_support import (DEVICE_CLI, DEVICE_ENV, add_bad_files, copy_bundle, device,
+                                    heads_json, make_class_folders)
+
+pytestmark = needs_shared(HYMENOPTERA)
+
+N_SKIP = 8  # local data starts after the first images of each digit class
+
+
+def _digits(label: str) -> list[Path]:
+    return sorted((DEMO / label).iterdir())
+
+
+def _local(label: str, n: int = 10) -> list[Path]:
+    return _digits(label)[N_SKIP:N_SKIP + n]
+
+
+ANTS = sorted((HYMENOPTERA / "train" / "ants").iterdir())
+NEW_CLASS = "fourmi ant ü"  # unicode and spaces on purpose
+
+
+@pytest.fixture(scope="session")
+def device_bundle(int8_bundle, tmp_path_factory) -> Path:
+    """The demo run's real INT8 TFLite bundle (with its reference set), plus an embedding cache
+    of the local images computed by the bundle's own backbone."""
+    from edgetl.ondevice.bundle import open_bundle
+    from edgetl.ondevice.embedcache import embed_files
+
+    bundle = copy_bundle(int8_bundle, tmp_path_factory.mktemp("bundles") / "int8")
+    b = open_bundle(bundle)
+    assert b.reference() is not None
+    labels = [d.name for d in sorted(DEMO.iterdir()) if d.is_dir()]
+    local = [p for lab in labels for p in _local(lab, 16)] + ANTS[:24]
+    embed_files(b.dir, b.manifest, local, b.embedder)
+    return bundle
+
+
+@pytest.fixture
+def bundle(device_bundle, tmp_path) -> Path:
+    return copy_bundle(device_bundle, tmp_path / "bundle")
+
+
+def test_retrain_new_unicode_class_skips_bad_files(bundle, tmp_path):
+    data = make_class_folders(tmp_path / "data", {"3": _local("3"), "4": _local("4"), NEW_CLASS: ANTS[:10]})
+    bad = add_bad_files(data / "3")
+    result = device("retrain", bundle, data)
+    assert result.returncode == 0, result.stderr
+    for name in bad:
+        assert name in result.stderr
+    assert "3 of 33 files skipped" in result.stderr
+    index = heads_json(bundle)
+    assert index["active"] == 1 and index["problems"] == []
+    v1 = index["versions"][1]
+    assert v1["labels"][-1] == NEW_CLASS and v1["parent"] == 0 and v1["metrics"]["new_labels"] == [NEW_CLASS]
+    assert v1["metrics"]["guardrail"]["passed"]
+    assert v1["metrics"]["held_out_top1"] >= 0.8
+
+    from edgetl.runtime.predictor import Predictor
+
+    predictions = Predictor.open(bundle).predict(ANTS[10:20])
+    assert np.mean([p.label == NEW_CLASS for p in predictions]) >= 0.8
+
+
+def test_class_below_min_images_is_a_clear_error(bundle, tmp_path):
+    data = make_class_folders(tmp_path / "data", {"3": _local("3"), "4": _local("4", 2)})
+    result = device("retrain", bundle, data)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: '{data / '4'}' has 2 usable image(s); each class needs at least 5 (add images or lower --min-images)")
+    assert not (bundle / "heads" / "index.json").exists()
+
+
+def test_single_class_retrain_is_a_clear_error_but_add_class_works(bundle, tmp_path):
+    data = make_class_folders(tmp_path / "data", {"ants": ANTS[:10]})
+    result = device("retrain", bundle, data)
+    assert result.returncode == 1
+    assert "has only the class folder 'ants'; retrain needs at least two classes" in result.stderr
+    result = device("add-class", bundle, "ants", data / "ants")
+    assert result.returncode == 0, result.stderr
+    assert heads_json(bundle)["versions"][1]["labels"][-1] == "ants"
+
+
+def test_add_class_keeps_other_rows_and_rollback(bundle, tmp_path):
+    from edgetl.ondevice.bundle import open_bundle
+
+    result = device("add-class", bundle, NEW_CLASS, *ANTS[:10], "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["version"] == 1 and summary["metrics"]["support_accuracy"] >= 0.9
+    b = open_bundle(bundle)
+    factory, (_, active) = b.factory(), b.current()
+    np.testing.assert_array_equal(active.weight[:-1], factory.weight)  # other classes untouched
+    np.testing.assert_array_equal(active.bias[:-1], factory.bias)
+
+    table = device("heads", bundle)
+    assert table.returncode == 0 and NEW_CLASS in table.stdout and "add-class" in table.stdout
+
+    assert device("rollback", bundle).returncode == 0
+    assert heads_json(bundle)["active"] == 0
+    assert device("rollback", bundle, "1").returncode == 0
+    assert heads_json(bundle)["active"] == 1
+    assert device("rollback", bundle, "0").returncode == 0
+    again = device("rollback", bundle)
+    assert again.returncode == 1 and "factory head" in again.stderr
+    missing = device("rollback", bundle, "7")
+    assert missing.returncode == 1 and "head version 7 is not in" in missing.stderr
+
+
+def test_guardrail_refuses_mislabeled_data(bundle, tmp_path):
+    # Each digit's images filed under the next digit's name: a plausible field mistake.
+    data = make_class_folders(tmp_path / "data", {"3": _local("5"), "4": _local("3"), "5": _local("4")})
+    result = device("retrain", bundle, data)
+    assert result.returncode == 3, result.stderr
+    assert "guardrail refused the new head; version 0 stays active" in result.stderr
+    assert "reference set" in result.stderr
+    assert heads_json(bundle)["active"] == 0 and len(heads_json(bundle)["versions"]) == 1
+
+    forced = device("retrain", bundle, data, "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    assert "FORCED" in forced.stderr
+    index = heads_json(bundle)
+    assert index["active"] == 1 and index["versions"][1]["metrics"]["forced"] is True
+
+
+def test_predictor_follows_the_active_head_without_restart(bundle):
+    from edgetl.runtime.predictor import Predictor
+
+    predictor = Predictor.open(bundle)
+    images = ANTS[10:14]
+    before = [p.label for p in predictor.predict(images)]
+    assert NEW_CLASS not in predictor.labels
+    assert device("add-class", bundle, NEW_CLASS, *ANTS[:10]).returncode == 0
+    after = [p.label for p in predictor.predict(images)]
+    assert predictor.labels[-1] == NEW_CLASS and after.count(NEW_CLASS) >= 3
+    assert device("rollback", bundle).returncode == 0
+    assert [p.label for p in predictor.predict(images)] == before
+
+
+def test_tampered_active_head_is_refused_by_the_predictor(bundle):
+    from edgetl.errors import EdgetlError
+    from edgetl.runtime.predictor import Predictor
+
+    assert device("add-class", bundle, NEW_CLASS, *ANTS[:10]).returncode == 0
+    head = bundle / "heads" / "v0001.npz"
+    data = bytearray(head.read_bytes())
+    data[-200] ^= 0xFF
+    head.write_bytes(bytes(data))
+    with pytest.raises(EdgetlError, match="does not match its sha256"):
+        Predictor.open(bundle)
+    result = device("heads", bundle)
+    assert "problem" in result.stderr and "v0001.npz" in result.stderr
+
+
+def _check_store(bundle: Path) -> None:
+    """What must hold after any crash: the store opens, the active head loads, every listed
+    version is present and intact."""
+    from edgetl.ondevice.store import HeadStore
+
+    store = HeadStore(bundle)
+    if not store.exists():
+        return  # killed before the first index write: the factory head is in use
+    store.load_active()
+    assert store.verify() == []
+
+
+def test_sigkill_during_retrain_never_corrupts_the_store(bundle, tmp_path):
+    """>= 50 SIGKILLs at seeded random moments; half land in the fit-guardrail-write window."""
+    data = make_class_folders(tmp_path / "data", {"3": _local("3"), "4": _local("4"), NEW_CLASS: ANTS[:10]})
+    cmd = [DEVICE_CLI, "retrain", str(bundle), str(data), "--force"]
+
+    def start():
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=DEVICE_ENV)
+
+    def wait_for_embeddings(proc) -> None:
+        for line in proc.stderr:  # the log line printed just before fitting starts
+            if "embedded," in line:
+                return
+
+    t0 = time.monotonic()
+    proc = start()
+    wait_for_embeddings(proc)
+    t1 = time.monotonic()
+    proc.communicate()
+    total, window = time.monotonic() - t0, time.monotonic() - t1
+    assert proc.returncode == 0
+
+    rng = random.Random(20261125)
+    kills = completed = leftovers = 0
+    while kills < 50:
+        if kills % 10 == 0:
+            shutil.rmtree(bundle / "heads", ignore_errors=True)  # also kill during store creation
+        proc = start()
+        if rng.random() < 0.5:
+            wait_for_embeddings(proc)
+            delay = rng.uniform(0, 1.2 * window)
+        else:
+            delay = rng.uniform(0, 1.1 * total)
+        try:
+            proc.wait(timeout=delay)
+            completed += 1
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        proc.stderr.close()
+        heads = bundle / "heads"
+        if heads.is_dir():
+            listed = {e["file"] for e in json.loads((heads / "index.json").read_text())["versions"]} \
+                if (heads / "index.json").exists() else set()
+            leftovers += any(p.name.endswith(".tmp") or (p.suffix == ".npz" and p.name not in listed)
+                             for p in heads.iterdir())
+        _check_store(bundle)
+    print(f"kill test: {kills} kills, {completed} completed runs, {leftovers} times crash leftovers were "
+          f"found (run {total:.2f}s, fit+write window {window:.2f}s)")
+    result = device("retrain", bundle, data, "--force")  # and the store still takes new versions
+    assert result.returncode == 0, result.stderr
+    _check_store(bundle)
