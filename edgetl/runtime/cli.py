@@ -26,6 +26,11 @@ from edgetl.runtime.engine_cmd import build_engine_cmd  # noqa: E402
 
 cli.add_command(build_engine_cmd)
 
+from edgetl.ondevice.cli import COMMANDS as ONDEVICE_COMMANDS  # noqa: E402
+
+for _command in ONDEVICE_COMMANDS:
+    cli.add_command(_command)
+
 
 def main() -> None:
     run_group(cli)
