@@ -10,7 +10,7 @@ use: the torch/converter stacks load only for the format being built.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +30,9 @@ class Format:
     exporter: str  # "module:function", called as exporter(ExportRequest, out_path) -> Exported
     validator: str  # "module:function", called as validator(path, precision) -> dict of facts
     description: str
+    # Backend the host scores this format with when the device's runtime does not run on the
+    # host (TensorRT engines are built on the device; the host runs the same ONNX on onnxruntime).
+    host_backend: str | None = None
 
     def export(self, request: "ExportRequest", out_path: Path) -> "Exported":
         return _resolve(self.exporter)(request, out_path)
@@ -48,6 +51,10 @@ class ExportRequest:
     # Calibration arrays ([1, ...] float32 in `layout`), built only when the precision needs them.
     calibration: Callable[[], list[np.ndarray]]
     threads: int = 2
+    # An FP32 artifact of the same module this format already exported; quantizers may start
+    # from it instead of converting again.
+    base: Path | None = None
+    target: Any = None  # the Target, for formats whose output depends on the device stack (ONNX opset)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class Exported:
     path: Path
     io: dict  # input/output name, dtype, shape (and quantization) as the manifest records them
     info: dict  # converter-specific facts for the manifest (calibration used, quantizer, ...)
+    extra_files: dict[str, Path] = field(default_factory=dict)  # more bundle files (name -> path)
 
 
 FORMATS: dict[str, Format] = {
@@ -63,6 +71,10 @@ FORMATS: dict[str, Format] = {
         Format("tflite", ".tflite", "tflite", "tflite", ("fp32", "fp16", "int8"),
                "edgetl.export.tflite:export_tflite", "edgetl.export.tflite:validate_tflite",
                "LiteRT flatbuffer via litert-torch; FP16 weights / full-integer INT8 via ai-edge-quantizer"),
+        Format("tensorrt", ".onnx", "tensorrt", "tensorrt", ("fp32", "fp16", "int8"),
+               "edgetl.export.tensorrt:export_tensorrt", "edgetl.export.tensorrt:validate_tensorrt",
+               "ONNX for TensorRT (engine built on the device); INT8 as QDQ ONNX via onnxruntime quantize_static",
+               host_backend="onnxruntime"),
     ]
 }
 

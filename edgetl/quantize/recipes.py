@@ -87,7 +87,12 @@ def require_method(recipe: CalibrationRecipe, supported: Sequence[str], backend:
 
 
 def select_calibration_images(paths: Sequence, labels: Sequence, recipe: CalibrationRecipe) -> list:
-    """`recipe.samples` items of `paths`, stratified by label and seeded.
+    """The recipe's `samples` items of `paths`, stratified by label, seeded by its `seed`."""
+    return select_stratified(paths, labels, recipe.samples, recipe.seed)
+
+
+def select_stratified(paths: Sequence, labels: Sequence, samples: int, seed: int) -> list:
+    """`samples` items of `paths`, stratified by label and seeded.
 
     Each class gets a share proportional to its size (largest remainder, at least one image
     per class when the budget allows), so a rare class still shapes the activation ranges.
@@ -96,8 +101,8 @@ def select_calibration_images(paths: Sequence, labels: Sequence, recipe: Calibra
     """
     if len(paths) != len(labels):
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
-    rng = np.random.default_rng(recipe.seed)
-    if recipe.samples >= len(paths):
+    rng = np.random.default_rng(seed)
+    if samples >= len(paths):
         order = rng.permutation(len(paths))
         return [paths[i] for i in order]
     by_class: dict = defaultdict(list)
@@ -105,17 +110,17 @@ def select_calibration_images(paths: Sequence, labels: Sequence, recipe: Calibra
         by_class[label].append(i)
     classes = sorted(by_class, key=str)
     sizes = np.array([len(by_class[c]) for c in classes], dtype=np.float64)
-    quota = sizes / sizes.sum() * recipe.samples
+    quota = sizes / sizes.sum() * samples
     take = np.floor(quota).astype(int)
-    if recipe.samples >= len(classes):
+    if samples >= len(classes):
         take = np.maximum(take, 1)
     remainder_order = np.argsort(-(quota - np.floor(quota)), kind="stable")
     for k in remainder_order:
-        if take.sum() >= recipe.samples:
+        if take.sum() >= samples:
             break
         if take[k] < sizes[k]:
             take[k] += 1
-    while take.sum() > recipe.samples:  # the at-least-one rule can overshoot: trim the largest share
+    while take.sum() > samples:  # the at-least-one rule can overshoot: trim the largest share
         take[int(np.argmax(take))] -= 1
     chosen = []
     for c, n in zip(classes, take):

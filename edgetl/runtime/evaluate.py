@@ -54,26 +54,36 @@ def labelled_images(data_dir: str | Path, labels: Sequence[str]) -> tuple[list[P
     return paths, y, len(skipped)
 
 
-def evaluate_items(predictor: Predictor, paths: Sequence, y_true: Sequence[int], batch_size: int = 16,
-                   description: str = "evaluating") -> dict:
-    """Metrics JSON (top1, balanced_accuracy, n, per_class, confusion) plus mean latency."""
-    preds, infer_s = [], 0.0
+def embed_paths(predictor: Predictor, paths: Sequence, batch_size: int = 16,
+                description: str = "embedding") -> tuple[np.ndarray, float]:
+    """Embeddings [N, D] of image files and the seconds spent in the backend (not decoding)."""
+    chunks, infer_s = [], 0.0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=stderr, transient=True) as progress:
         task = progress.add_task(description, total=len(paths))
         for i in range(0, len(paths), batch_size):
-            chunk = paths[i:i + batch_size]
-            batch = predictor.prepare(chunk)
+            batch = predictor.prepare(paths[i:i + batch_size])
             t0 = time.perf_counter()
-            emb = predictor.embed(batch)
+            chunks.append(predictor.embed(batch))
             infer_s += time.perf_counter() - t0
-            preds.append(np.argmax(predictor.logits(emb), axis=1))
-            progress.advance(task, len(chunk))
-    y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+            progress.advance(task, len(batch))
+    dim = int(predictor.manifest["model"]["embedding_dim"])
+    return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), infer_s
+
+
+def metrics_from_embeddings(predictor: Predictor, embeddings: np.ndarray, y_true: Sequence[int],
+                            infer_s: float) -> dict:
+    """Metrics JSON (top1, balanced_accuracy, n, per_class, confusion) plus mean latency."""
+    y_pred = np.argmax(predictor.logits(embeddings), axis=1)
     metrics = classification_metrics(y_true, y_pred, predictor.labels)
-    metrics["latency_ms"] = {"inference_mean": infer_s * 1e3 / max(1, len(paths)),
+    metrics["latency_ms"] = {"inference_mean": infer_s * 1e3 / max(1, len(y_true)),
                              "threads": predictor.backend.threads}
     return metrics
+
+
+def evaluate_items(predictor: Predictor, paths: Sequence, y_true: Sequence[int], description: str = "evaluating") -> dict:
+    embeddings, infer_s = embed_paths(predictor, paths, description=description)
+    return metrics_from_embeddings(predictor, embeddings, y_true, infer_s)
 
 
 def evaluate_folder(bundle_dir: str | Path, data_dir: str | Path, threads: int | None = None) -> dict:

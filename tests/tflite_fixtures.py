@@ -1,0 +1,53 @@
+"""Session fixtures shared by the TFLite export, runtime and bundle tests: real bundles
+exported from the real demo run (EfficientNet-Lite0 weights), built once per session."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EDGETL = str(Path(sys.executable).with_name("edgetl"))
+DEVICE = str(Path(sys.executable).with_name("edgetl-device"))
+
+# 64 calibration images keep the INT8 test conversion short; the shipped recipes use 128.
+SMALL_RECIPE = """\
+name: small
+description: test recipe
+samples: 64
+method: minmax
+"""
+
+
+def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def small_recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipes") / "small.yaml"
+    path.write_text(SMALL_RECIPE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(trained_run, small_recipe, tmp_path_factory) -> Path:
+    """`edgetl export RUN --target rpi5 --precision int8 --fused` through the real CLI."""
+    out = tmp_path_factory.mktemp("dist") / "rpi5-int8"
+    proc = run_cli(EDGETL, "export", trained_run, "--target", "rpi5", "--precision", "int8", "--calib-recipe",
+                   small_recipe, "--fused", "--allow-accuracy-drop", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["precision"] == "int8"  # --json output is clean JSON
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(trained_run, tmp_path_factory) -> Path:
+    from edgetl.export.pipeline import ExportOptions, export_run
+
+    out = tmp_path_factory.mktemp("dist") / "rpi5-fp32"
+    export_run(trained_run, ExportOptions(target="rpi5", out=out, precision="fp32"))
+    return out
