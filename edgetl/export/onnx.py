@@ -10,6 +10,7 @@ onnxruntime's QDQ quantizer handle best.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -121,6 +122,19 @@ def export_onnx(module, size: int, out_path: str | Path, opset: int, output_name
     return OnnxExport(out_path, opset, INPUT_NAME, output_name, diff)
 
 
+@contextlib.contextmanager
+def quiet_root_logger():
+    """onnxruntime's quantizer and onnxscript's optimizer log per-node chatter at INFO on the
+    root logger (which the CLI shows); keep only their warnings."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _simplify(path: Path) -> None:
     """Fold constants and fuse the SAME pads into their convs, in place."""
     import onnx
@@ -133,8 +147,9 @@ def _simplify(path: Path) -> None:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.optimized_model_filepath = str(path)
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    model = rewriter.rewrite(onnx.load(str(path)), pattern_rewrite_rules=[fuse_pad_into_conv_rule])
-    model = onnxscript.optimizer.optimize(model)
+    with quiet_root_logger():
+        model = rewriter.rewrite(onnx.load(str(path)), pattern_rewrite_rules=[fuse_pad_into_conv_rule])
+        model = onnxscript.optimizer.optimize(model)
     # onnxruntime lists its own domains in every model it saves; TensorRT needs only the ONNX one.
     used = {n.domain for n in model.graph.node} | {"", "ai.onnx"}
     keep = [o for o in model.opset_import if o.domain in used]

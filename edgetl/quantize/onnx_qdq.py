@@ -25,6 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgetl.errors import EdgetlError
+from edgetl.export.onnx import quiet_root_logger
 from edgetl.quantize.recipes import CalibrationRecipe, require_method
 
 log = logging.getLogger("edgetl")
@@ -117,31 +118,25 @@ def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Seque
     reader = ArrayCalibrationReader(calibration, input_name)
     out_path = Path(out_path)
     chatter = io.StringIO()
-    root = logging.getLogger()
-    level = root.level
-    # onnxruntime's quantizer prints and logs per-tensor chatter on the root logger.
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp, contextlib.redirect_stdout(chatter):
-            # Shape inference only: export_onnx already folded the graph, and re-optimizing
-            # would rename tensors the calibration cache refers to.
-            prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
-            cache = Path(tmp) / "ranges.json"
-            quantize_static(
-                str(prepared), str(out_path), reader,
-                op_types_to_quantize=TENSORRT_QDQ_OPS,
-                quant_format=QuantFormat.QDQ,
-                per_channel=recipe.per_channel_weights,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=method,
-                extra_options={**TENSORRT_QDQ_OPTIONS, **calib_extra},
-                calibration_cache_path=str(cache),
-            )
-            data = load_tensors_data(cache)
-    finally:
-        root.setLevel(level)
+    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp, \
+            contextlib.redirect_stdout(chatter):
+        # Shape inference only: export_onnx already folded the graph, and re-optimizing
+        # would rename tensors the calibration cache refers to.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
+        cache = Path(tmp) / "ranges.json"
+        quantize_static(
+            str(prepared), str(out_path), reader,
+            op_types_to_quantize=TENSORRT_QDQ_OPS,
+            quant_format=QuantFormat.QDQ,
+            per_channel=recipe.per_channel_weights,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            extra_options={**TENSORRT_QDQ_OPTIONS, **calib_extra},
+            calibration_cache_path=str(cache),
+        )
+        data = load_tensors_data(cache)
     log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
     ranges = {name: (float(np.asarray(td.range_value[0]).item()), float(np.asarray(td.range_value[1]).item()))
               for name, td in data.data.items()}
