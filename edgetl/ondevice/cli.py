@@ -103,17 +103,20 @@ def heads_cmd(bundle, as_json):
     if as_json:
         click.echo(json.dumps({**index, "problems": problems}, indent=2, ensure_ascii=False))
         return
-    table = Table(title=f"heads in {store.dir}", title_justify="left")
-    for col in ("", "version", "parent", "created", "source", "classes", "held-out acc", "guardrail", "sha256"):
-        table.add_column(col)
+    table = Table(title=f"heads in {store.dir} (* active)", title_justify="left")
+    for col in ("", "ver", "parent", "created (UTC)", "source", "classes", "held-out", "reference", "sha256"):
+        table.add_column(col, overflow="fold")
     for e in index["versions"]:
         m = e.get("metrics") or {}
         held = m.get("held_out_top1")
-        g = m.get("guardrail")
-        gtext = "" if g is None else ("passed" if g["passed"] else "[red]FORCED[/]")
+        checks = {c["name"]: c for c in (m.get("guardrail") or {}).get("checks", [])}
+        ref = f"{100 * checks['reference']['new_accuracy']:.1f}%" if "reference" in checks else ""
+        if m.get("forced"):
+            ref += " [red]FORCED[/]"
         table.add_row("*" if e["version"] == index["active"] else "", str(e["version"]),
-                      "" if e["parent"] is None else str(e["parent"]), e["created"], e["source"],
-                      ", ".join(e["labels"]), "" if held is None else f"{100 * held:.1f}%", gtext, e["sha256"][:12])
+                      "" if e["parent"] is None else str(e["parent"]), e["created"][:16].replace("T", " "),
+                      e["source"], str(len(e["labels"])), "" if held is None else f"{100 * held:.1f}%", ref,
+                      e["sha256"][:8])
     stdout.print(table)
     for p in problems:
         stderr.print(f"[red]problem:[/] {p}")

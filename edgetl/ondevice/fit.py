@@ -14,7 +14,7 @@ import numpy as np
 @dataclass(frozen=True)
 class FitConfig:
     l2: float = 1e-1  # pull toward the anchor head, per weight
-    lr: float = 1e-2  # Adam step
+    lr: float = 1e-3  # Adam step: each moves every weight by up to ~lr, so keep it small
     max_steps: int = 500
     patience: int = 40  # steps without a better held-out loss before stopping
 
