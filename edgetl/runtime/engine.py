@@ -253,14 +253,25 @@ def default_timing_cache(gpu: str, compute_capability: str, tensorrt: str) -> Pa
 
 def build_engine(bundle_dir: str | Path, dla_core: int | None = None, workspace_mb: int | None = None,
                  timing_cache: str | Path | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-                 opt_batch: int = 1) -> Path:
-    """Parse the bundle's ONNX, build a serialized engine for this GPU, store it under its key."""
+                 opt_batch: int = 1, force: bool = False) -> Path:
+    """Parse the bundle's ONNX, build a serialized engine for this GPU, store it under its key.
+
+    An engine already stored under this key with the same build plan is reused unless `force`.
+    """
     trt = import_tensorrt()
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir, verify=True)
     plan = plan_build(manifest, trt.__version__, dla_core, workspace_mb, max_batch, opt_batch)
     gpu, cc = current_gpu()
     key = engine_key(bundle_dir, gpu, cc, trt.__version__)
+    existing = engine_path(bundle_dir, key)
+    if existing.is_file() and not force:
+        try:
+            if check_engine(existing, key)["plan"] == json.loads(json.dumps(asdict(plan))):
+                log.info("engine %s already built for this bundle, GPU and TensorRT; reusing it", existing)
+                return existing
+        except EdgetlError:
+            pass  # unreadable key file: rebuild over it
     timing_cache = Path(timing_cache) if timing_cache else default_timing_cache(gpu, cc, trt.__version__)
 
     logger = trt.Logger(trt.Logger.WARNING)

@@ -19,10 +19,13 @@ from edgetl.runtime.engine import DEFAULT_MAX_BATCH, ENGINE_DIR, build_engine, p
               help="Timing cache to reuse and update (default: ~/.cache/edgetl/tensorrt/, per GPU and TensorRT).")
 @click.option("--max-batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True, help="Largest batch the engine takes.")
 @click.option("--opt-batch", type=int, default=1, show_default=True, help="Batch TensorRT tunes for.")
+@click.option("--force", is_flag=True, help="Rebuild even if an engine for this bundle, GPU and TensorRT exists.")
 @click.option("--print-trtexec", is_flag=True,
               help="Print the equivalent trtexec line (for boards without TensorRT's Python bindings) and exit.")
-def build_engine_cmd(bundle: Path, dla_core, workspace_mb, timing_cache, max_batch, opt_batch, print_trtexec) -> None:
-    """Build the TensorRT engine for BUNDLE on this device (minutes; cached per GPU and TensorRT).
+def build_engine_cmd(bundle: Path, dla_core, workspace_mb, timing_cache, max_batch, opt_batch, force,
+                     print_trtexec) -> None:
+    """Build the TensorRT engine for BUNDLE on this device (minutes; reused while the bundle,
+    GPU and TensorRT version stay the same).
 
     \b
     Examples:
@@ -40,5 +43,5 @@ def build_engine_cmd(bundle: Path, dla_core, workspace_mb, timing_cache, max_bat
         engine = bundle / ENGINE_DIR / f"{Path(plan.onnx).stem}.trtexec.engine"
         click.echo(trtexec_command(bundle, plan, engine, timing_cache))
         return
-    path = build_engine(bundle, dla_core, workspace_mb, timing_cache, max_batch, opt_batch)
+    path = build_engine(bundle, dla_core, workspace_mb, timing_cache, max_batch, opt_batch, force)
     click.echo(str(path))

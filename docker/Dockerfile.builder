@@ -1,0 +1,30 @@
+# edgetl host toolchain for x86_64 CI: fine-tune, export every target, write the report.
+# Builds the Jetson bundles too (ONNX / QDQ ONNX); their engines are built on the devices.
+#
+#   docker build -f docker/Dockerfile.builder -t edgetl-builder .
+#   docker run --rm -v $PWD:/work edgetl-builder build edgetl.yaml
+FROM python:3.11.10-slim-bookworm
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+
+RUN useradd --create-home --uid 1000 edgetl
+
+WORKDIR /opt/edgetl
+COPY pyproject.toml README.md ./
+COPY edgetl ./edgetl
+COPY targets ./targets
+COPY calibration ./calibration
+# CPU wheels of torch/torchvision: CI has no GPU, and the default CUDA build adds ~3 GB.
+# Versions come from pyproject.toml's ranges, not from pins here.
+# hadolint ignore=DL3013
+RUN python -m pip install --extra-index-url https://download.pytorch.org/whl/cpu \
+        "torch>=2.4,<2.15" "torchvision>=0.19,<0.30" \
+    && python -m pip install ".[host,tflite]" \
+    && edgetl --help > /dev/null
+
+USER 1000
+WORKDIR /work
+ENTRYPOINT ["edgetl"]
+CMD ["--help"]
