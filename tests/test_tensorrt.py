@@ -115,10 +115,10 @@ def test_engine_key_refuses_foreign_engines(orin_int8_bundle, tmp_path):
 def test_int8_bundle_contents(orin_int8_bundle):
     m = load_manifest(orin_int8_bundle)
     assert m["backend"] == "tensorrt" and m["precision"] == "int8" and m["metrics_backend"] == "onnxruntime"
-    assert {"backbone.onnx", "backbone.fp32.onnx", "calibration.cache", "head.npz"} <= set(m["files"])
+    assert {"backbone.onnx", "backbone.fp32.onnx", "backbone.calibration.cache", "head.npz"} <= set(m["files"])
     assert m["export"]["validation"]["qdq"]["convs_qdq_weight"] == 49
     assert m["export"]["opset"] == 19 and m["model"]["input"]["shape"] == [-1, 3, 224, 224]
-    assert (orin_int8_bundle / "calibration.cache").read_text().startswith("TRT-10300-EntropyCalibration2\n")
+    assert (orin_int8_bundle / "backbone.calibration.cache").read_text().startswith("TRT-10300-EntropyCalibration2\n")
     for precision in ("fp32", "int8"):
         assert 0 <= m["metrics"][precision]["top1"] <= 1 and m["metrics"][precision]["n"] == m["metrics"]["val"]["n"]
     assert m["metrics"]["gate"]["tolerance_pts"] == 1.0 and isinstance(m["metrics"]["gate"]["passed"], bool)

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from edgetl.errors import EdgetlError
 from edgetl.export.formats import Exported, ExportRequest
-from edgetl.export.onnx import EXPORTER, export_onnx
+from edgetl.export.onnx import EMBEDDING_NAME, EXPORTER, LOGITS_NAME, export_onnx
 
-CALIBRATION_CACHE = "calibration.cache"
-FP32_ONNX = "backbone.fp32.onnx"
+CALIBRATION_CACHE = "calibration.cache"  # written as <model>.calibration.cache beside <model>.onnx
 # TensorRT runs INT8 only on GPUs with DP4A / tensor cores: compute capability 6.1 and up.
 MIN_INT8_COMPUTE_CAPABILITY = (6, 1)
 
@@ -57,14 +56,18 @@ def export_tensorrt(request: ExportRequest, out_path: Path) -> Exported:
         raise EdgetlError(f"target '{target.name}': TensorRT bundles take NCHW input; set layout: NCHW in {target.path}")
     info = {"exporter": EXPORTER, "opset": target.onnx_opset, "tensorrt": target.tensorrt,
             "engine": "built on the device: edgetl-device build-engine BUNDLE"}
-    if request.precision == "fp32" or request.base is None:
-        if request.precision != "fp32":
-            raise EdgetlError(f"internal: {request.precision} TensorRT export needs the FP32 ONNX as its base")
-        result = export_onnx(request.module, request.size, out_path, target.onnx_opset)
+    # A fused model (backbone + head, `--fused`) outputs logits; the backbone its embedding.
+    output_name = LOGITS_NAME if hasattr(request.module, "head") else EMBEDDING_NAME
+    base = request.base
+    if request.precision == "fp32" or base is None:
+        fp32_path = out_path if request.precision == "fp32" else out_path.with_name(f"{out_path.stem}.fp32.onnx")
+        result = export_onnx(request.module, request.size, fp32_path, target.onnx_opset, output_name)
         info["max_abs_diff_vs_torch"] = result.max_abs_diff
-        return Exported(out_path, _io(out_path, request.layout), info)
+        if request.precision == "fp32":
+            return Exported(out_path, _io(out_path, request.layout), info)
+        base = fp32_path
     if request.precision == "fp16":
-        shutil.copyfile(request.base, out_path)
+        shutil.copyfile(base, out_path)
         info["fp16"] = ("FP32 ONNX; TensorRT's FP16 builder flag is applied on the device. Host metrics for "
                         "fp16 are those of the FP32 graph on onnxruntime")
         return Exported(out_path, _io(out_path, request.layout), info)
@@ -73,20 +76,20 @@ def export_tensorrt(request: ExportRequest, out_path: Path) -> Exported:
     from edgetl.quantize.onnx_qdq import (TENSORRT_QDQ_OPTIONS, quantize_qdq,
                                           write_tensorrt_calibration_cache)
 
-    result = quantize_qdq(request.base, out_path, request.calibration(), request.recipe)
-    cache = write_tensorrt_calibration_cache(result.ranges, out_path.with_name(CALIBRATION_CACHE), target.tensorrt)
-    fp32 = out_path.with_name(FP32_ONNX)
-    if Path(request.base).resolve() != fp32.resolve():
-        shutil.copyfile(request.base, fp32)
+    result = quantize_qdq(base, out_path, request.calibration(), request.recipe)
+    cache = write_tensorrt_calibration_cache(result.ranges, out_path.with_name(f"{out_path.stem}.{CALIBRATION_CACHE}"),
+                                             target.tensorrt)
+    fp32 = out_path.with_name(f"{out_path.stem}.fp32.onnx")
+    if Path(base).resolve() != fp32.resolve():
+        shutil.copyfile(base, fp32)
     info.update({
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ, QInt8 weights and activations)",
         "calibration_method": result.method, "calibration_images": result.samples,
         "qdq_options": TENSORRT_QDQ_OPTIONS,
-        "implicit_int8": {"onnx": FP32_ONNX, "calibration_cache": CALIBRATION_CACHE,
-                          "note": "for TensorRT 8.x implicit INT8: trtexec --int8 --calib=calibration.cache"},
+        "implicit_int8": {"onnx": fp32.name, "calibration_cache": cache.name,
+                          "note": f"for TensorRT 8.x implicit INT8: trtexec --int8 --calib={cache.name}"},
     })
-    return Exported(out_path, _io(out_path, request.layout), info,
-                    extra_files={CALIBRATION_CACHE: cache, FP32_ONNX: fp32})
+    return Exported(out_path, _io(out_path, request.layout), info, extra_files={cache.name: cache, fp32.name: fp32})
 
 
 def qdq_structure(path: Path) -> dict:

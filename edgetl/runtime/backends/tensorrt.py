@@ -67,14 +67,14 @@ class TensorRTBackend(Backend):
             self.context.set_input_shape(self.input_name, x.shape)
             self.context.set_tensor_address(self.input_name, int(self.d_input))
             self.context.set_tensor_address(self.output_name, int(self.d_output))
-            ok = self.context.execute_async_v3(self.stream)
+            ok = self.context.execute_async_v3(int(self.stream))
         else:
             in_idx = self.engine.get_binding_index(self.input_name)
             out_idx = self.engine.get_binding_index(self.output_name)
             self.context.set_binding_shape(in_idx, x.shape)
             bindings = [0] * self.engine.num_bindings
             bindings[in_idx], bindings[out_idx] = int(self.d_input), int(self.d_output)
-            ok = self.context.execute_async_v2(bindings, self.stream)
+            ok = self.context.execute_async_v2(bindings, int(self.stream))
         if not ok:
             raise EdgetlError(f"TensorRT failed to run '{self.path}' on a batch of {n}")
         cuda_check(self.cudart.cudaMemcpyAsync(y.ctypes.data, self.d_output, y.nbytes, d2h, self.stream))
