@@ -142,6 +142,13 @@ def bench_retrain(bundle: Path, work: Path, new_class: Path) -> list[tuple]:
     ]
 
 
+def crash_leftovers(store: HeadStore) -> set[str]:
+    """Temp files and head files no index entry lists: what a kill mid-write leaves behind."""
+    listed = {e["file"] for e in store.index()["versions"]}
+    return {p.name for p in store.dir.iterdir()
+            if p.name.endswith(".tmp") or (p.suffix == ".npz" and p.name not in listed)}
+
+
 def bench_kills(bundle: Path, work: Path, new_class: Path, kills: int, seed: int) -> list[tuple]:
     b = fresh_copy(bundle, work, "kill")
     train = DATA / "hymenoptera_data" / "train"
@@ -154,26 +161,31 @@ def bench_kills(bundle: Path, work: Path, new_class: Path, kills: int, seed: int
     def start():
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
 
-    def wait_for_embeddings(proc):
+    def wait_for(proc, text: str) -> None:
         for line in proc.stderr:
-            if "embedded," in line:
+            if text in line:
                 return
 
     t0 = time.monotonic()
     proc = start()
-    wait_for_embeddings(proc)
+    wait_for(proc, "embedded,")
     t1 = time.monotonic()
     proc.communicate()
     total, window = time.monotonic() - t0, time.monotonic() - t1
     rng = random.Random(seed)
     done = completed = leftovers = corrupt = 0
+    seen: set[str] = set()
     while done < kills:
         proc = start()
-        if rng.random() < 0.5:
-            wait_for_embeddings(proc)
+        moment = rng.choice(["any", "fit", "write"])
+        if moment == "any":
+            delay = rng.uniform(0, 1.1 * total)
+        elif moment == "fit":
+            wait_for(proc, "embedded,")
             delay = rng.uniform(0, 1.2 * window)
         else:
-            delay = rng.uniform(0, 1.1 * total)
+            wait_for(proc, "writing head version")
+            delay = rng.uniform(0, 0.03)
         try:
             proc.wait(timeout=delay)
             completed += 1
@@ -185,17 +197,17 @@ def bench_kills(bundle: Path, work: Path, new_class: Path, kills: int, seed: int
         store = HeadStore(b)
         if not store.exists():
             continue
-        heads = store.dir
-        listed = {e["file"] for e in store.index()["versions"]}
-        leftovers += any(p.name.endswith(".tmp") or (p.suffix == ".npz" and p.name not in listed)
-                         for p in heads.iterdir())
+        found = crash_leftovers(store)
+        leftovers += bool(found - seen)
+        seen = found
         try:
             store.load_active()
             corrupt += bool(store.verify())
         except Exception:  # anything at all counts as a corrupt store here
             corrupt += 1
     return [
-        ("3 kill test", f"SIGKILLs during retrain (seed {seed}; half in the fit+write window of {window:.2f} s)",
+        ("3 kill test", f"SIGKILLs during retrain (seed {seed}): anywhere, in the {window:.2f} s fit+write window, "
+         "or <= 30 ms into the head write",
          f"{done} kills, {completed} runs completed", ">= 50", done >= 50),
         ("3 kill test", "kills that left crash leftovers (temp / unindexed head file)", str(leftovers), "", True),
         ("3 kill test", "corrupt stores after a kill (open, active loads, all versions intact)", str(corrupt), "0",

@@ -180,21 +180,22 @@ def _check_store(bundle: Path) -> None:
 
 
 def test_sigkill_during_retrain_never_corrupts_the_store(bundle, tmp_path):
-    """>= 50 SIGKILLs at seeded random moments; half land in the fit-guardrail-write window."""
+    """>= 50 SIGKILLs at seeded random moments: anywhere in the run, in the fit-guardrail-write
+    window, or within 30 ms after the head file write starts."""
     data = make_class_folders(tmp_path / "data", {"3": _local("3"), "4": _local("4"), NEW_CLASS: ANTS[:10]})
     cmd = [DEVICE_CLI, "retrain", str(bundle), str(data), "--force"]
 
     def start():
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=DEVICE_ENV)
 
-    def wait_for_embeddings(proc) -> None:
-        for line in proc.stderr:  # the log line printed just before fitting starts
-            if "embedded," in line:
+    def wait_for(proc, text: str) -> None:
+        for line in proc.stderr:
+            if text in line:
                 return
 
     t0 = time.monotonic()
     proc = start()
-    wait_for_embeddings(proc)
+    wait_for(proc, "embedded,")  # logged just before fitting starts
     t1 = time.monotonic()
     proc.communicate()
     total, window = time.monotonic() - t0, time.monotonic() - t1
@@ -202,15 +203,20 @@ def test_sigkill_during_retrain_never_corrupts_the_store(bundle, tmp_path):
 
     rng = random.Random(20261125)
     kills = completed = leftovers = 0
+    seen: set[str] = set()
     while kills < 50:
         if kills % 10 == 0:
             shutil.rmtree(bundle / "heads", ignore_errors=True)  # also kill during store creation
         proc = start()
-        if rng.random() < 0.5:
-            wait_for_embeddings(proc)
+        moment = rng.choice(["any", "fit", "write"])
+        if moment == "any":
+            delay = rng.uniform(0, 1.1 * total)
+        elif moment == "fit":
+            wait_for(proc, "embedded,")
             delay = rng.uniform(0, 1.2 * window)
         else:
-            delay = rng.uniform(0, 1.1 * total)
+            wait_for(proc, "writing head version")  # logged just before the head file is written
+            delay = rng.uniform(0, 0.03)
         try:
             proc.wait(timeout=delay)
             completed += 1
@@ -220,14 +226,15 @@ def test_sigkill_during_retrain_never_corrupts_the_store(bundle, tmp_path):
             kills += 1
         proc.stderr.close()
         heads = bundle / "heads"
-        if heads.is_dir():
-            listed = {e["file"] for e in json.loads((heads / "index.json").read_text())["versions"]} \
-                if (heads / "index.json").exists() else set()
-            leftovers += any(p.name.endswith(".tmp") or (p.suffix == ".npz" and p.name not in listed)
-                             for p in heads.iterdir())
+        if (heads / "index.json").exists():
+            listed = {e["file"] for e in json.loads((heads / "index.json").read_text())["versions"]}
+            found = {p.name for p in heads.iterdir()
+                     if p.name.endswith(".tmp") or (p.suffix == ".npz" and p.name not in listed)}
+            leftovers += bool(found - seen)  # new leftovers: this kill landed mid-write
+            seen = found
         _check_store(bundle)
-    print(f"kill test: {kills} kills, {completed} completed runs, {leftovers} times crash leftovers were "
-          f"found (run {total:.2f}s, fit+write window {window:.2f}s)")
+    print(f"kill test: {kills} kills, {completed} completed runs, {leftovers} kills left new crash "
+          f"leftovers (run {total:.2f}s, fit+write window {window:.2f}s)")
     result = device("retrain", bundle, data, "--force")  # and the store still takes new versions
     assert result.returncode == 0, result.stderr
     _check_store(bundle)

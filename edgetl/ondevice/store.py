@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ import numpy as np
 
 from edgetl.errors import EdgetlError
 from edgetl.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+
+log = logging.getLogger("edgetl")
 
 INDEX = "index.json"
 INDEX_FORMAT = "edgetl.heads/1"
@@ -211,6 +214,7 @@ class _Writer:
             activate: bool) -> int:
         index = self.store.index()
         version = max(e["version"] for e in index["versions"]) + 1
+        log.info("writing head version %d to '%s'", version, self.store.dir)
         entry = self.store._write_head(version, head, parent=parent, source=source,
                                        data_digest=data_digest, metrics=metrics)
         index["versions"].append(entry)
