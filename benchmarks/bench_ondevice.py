@@ -128,6 +128,7 @@ def bench_retrain(bundle: Path, work: Path, new_class: Path) -> list[tuple]:
     shutil.rmtree(b / "heads")  # the cached run starts from the same factory head; the cache stays
     warm_wall, warm_rss, warm_host, summary = timed_run()
     m = summary["metrics"]
+    ref = next(c for c in m["guardrail"]["checks"] if c["name"] == "reference")
     return [
         ("2 retrain", f"{m['images']} images, embeddings computed (cold cache): wall, peak RSS",
          f"{cold_wall:.2f} s, {cold_rss:.0f} MB", "<= 300 MB", cold_rss <= 300),
@@ -139,6 +140,9 @@ def bench_retrain(bundle: Path, work: Path, new_class: Path) -> list[tuple]:
         ("2 retrain", "host modules imported (torch, timm, onnx)", cold_host or warm_host or "none", "none",
          not (cold_host or warm_host)),
         ("2 retrain", "held-out top-1 of the new head", f"{100 * m['held_out_top1']:.1f}%", "", True),
+        ("2 retrain", f"reference set ({ref['n']} val embeddings) old-class top-1, factory -> new head",
+         f"{100 * ref['old_accuracy']:.1f}% -> {100 * ref['new_accuracy']:.1f}%", "within 2 points",
+         ref["drop_points"] <= 2.0),
     ]
 
 
