@@ -189,7 +189,7 @@ def bench_kills(bundle: Path, work: Path, new_class: Path, kills: int, seed: int
             delay = rng.uniform(0, 1.2 * window)
         else:
             wait_for(proc, "writing head version")
-            delay = rng.uniform(0, 0.03)
+            delay = rng.uniform(0, 0.01)
         try:
             proc.wait(timeout=delay)
             completed += 1
@@ -211,7 +211,7 @@ def bench_kills(bundle: Path, work: Path, new_class: Path, kills: int, seed: int
             corrupt += 1
     return [
         ("3 kill test", f"SIGKILLs during retrain (seed {seed}): anywhere, in the {window:.2f} s fit+write window, "
-         "or <= 30 ms into the head write",
+         "or <= 10 ms into the head write",
          f"{done} kills, {completed} runs completed", ">= 50", done >= 50),
         ("3 kill test", "kills that left crash leftovers (temp / unindexed head file)", str(leftovers), "", True),
         ("3 kill test", "corrupt stores after a kill (open, active loads, all versions intact)", str(corrupt), "0",

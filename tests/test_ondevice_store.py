@@ -108,3 +108,18 @@ def test_corrupt_index_is_a_clear_error(tmp_path):
     (tmp_path / "heads" / "index.json").write_text("{not json")
     with pytest.raises(EdgetlError, match="is corrupt.*delete"):
         store.load_active()
+
+
+def test_ondevice_modules_import_without_torch():
+    """Every on-device module imports with torch, timm and onnx unimportable (DESIGN.md)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import importlib, pkgutil, sys, edgetl.ondevice as pkg\n"
+            "for m in pkgutil.iter_modules(pkg.__path__): importlib.import_module('edgetl.ondevice.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'onnx')))\n")
+    env = {"PYTHONPATH": str(Path(__file__).with_name("no_torch")), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

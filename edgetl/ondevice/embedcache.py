@@ -22,6 +22,7 @@ log = logging.getLogger("edgetl")
 
 CACHE = Path("cache") / "embeddings.npz"
 BATCH = 16
+SAVE_EVERY = 16  # batches
 
 
 def backbone_id(manifest: dict) -> str:
@@ -82,6 +83,8 @@ def embed_files(bundle_dir: Path, manifest: dict, paths: list[Path], embedder) -
                 for (d, _), emb in zip(chunk, model.embed([p for _, p in chunk])):
                     cache.put(d, emb)
                 progress.advance(bar, len(chunk))
+                if (i // BATCH) % SAVE_EVERY == SAVE_EVERY - 1:
+                    cache.save()  # an interrupted run on a slow board keeps what it embedded
         cache.save()
     log.info("%d images: %d embedded, %d from the cache", len(paths), len(missing), len(paths) - len(missing))
     return np.stack([cache.get(d) for d in digests]), digests

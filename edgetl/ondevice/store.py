@@ -169,8 +169,12 @@ class HeadStore:
     @contextmanager
     def writer(self, factory: "callable[[], Head]"):
         """Exclusive write access. Creates the store (v0 = `factory()`) and clears crash leftovers."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            raise EdgetlError(f"cannot write the head store '{self.dir}' (permission denied); run as the "
+                              "bundle's owner or copy the bundle to a writable place") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
