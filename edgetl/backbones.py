@@ -153,8 +153,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> tuple[dict | Non
     if choice == "none_quiet":  # architecture only; weights follow from a checkpoint
         return None, "none"
     if choice == "none":
-        log.warning("[bold red]RANDOM INIT[/]: backbone '%s' has no pretrained weights (--weights none); "
-                    "accuracy will be poor and INT8 calibration meaningless", spec.name, extra={"markup": True})
+        log.warning("RANDOM INIT: backbone '%s' has no pretrained weights (--weights none); "
+                    "accuracy will be poor and INT8 calibration meaningless", spec.name)
         return None, "none (random init)"
     if choice == "timm":
         import timm

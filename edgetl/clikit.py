@@ -17,12 +17,15 @@ stdout = Console()
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=stderr, show_time=False, show_path=False, markup=False)],
-        force=True,
-    )
+    # In a terminal rich formats; in a pipe or CI log each record stays one unwrapped line,
+    # so a skipped file's name is never split across lines.
+    if stderr.is_terminal:
+        handler: logging.Handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True)
 
 
 def run_group(group: click.Group) -> None:

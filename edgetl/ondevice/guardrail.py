@@ -83,6 +83,6 @@ def enforce(verdict: Verdict, force: bool) -> bool:
     for reason in verdict.reasons:
         log.error("guardrail: %s", reason)
     if force:
-        log.warning("[bold red]--force: activating a head the guardrail refused[/]", extra={"markup": True})
+        log.warning("--force: ACTIVATING A HEAD THE GUARDRAIL REFUSED")
         return True
     return False
