@@ -100,9 +100,8 @@ def test_recipe_methods_map_to_onnxruntime():
 
     assert ort_calibration(load_recipe("entropy"))[0] == CalibrationMethod.Entropy
     method, extra = ort_calibration(load_recipe("percentile"))
-    assert method == CalibrationMethod.Percentile and extra["CalibPercentile"] == 99.99
+    assert method == CalibrationMethod.Percentile and extra["percentile"] == 99.99 and extra["symmetric"]
     method, extra = ort_calibration(load_recipe("moving-average"))
-    assert method == CalibrationMethod.MinMax and extra["CalibMovingAverage"] is True
-    assert all(e["CalibTensorRangeSymmetric"] for e in (extra,))
+    assert method == CalibrationMethod.MinMax and extra["moving_average"] is True and extra["symmetric"]
     with pytest.raises(EdgetlError, match="histogram"):
         ort_calibration(load_recipe("histogram"))

@@ -34,10 +34,10 @@ SUPPORTED_METHODS = ("minmax", "moving_average", "percentile", "entropy")
 
 
 class ArrayCalibrationReader(CalibrationDataReader):
-    """Feeds preprocessed calibration arrays ([1, C, H, W] or [N, C, H, W]) in small batches."""
+    """Feeds a preprocessed calibration batch [N, C, H, W] in small batches."""
 
-    def __init__(self, arrays: Sequence[np.ndarray], input_name: str, batch_size: int = 8):
-        self.arrays = np.concatenate([np.asarray(a, np.float32).reshape(-1, *np.shape(a)[-3:]) for a in arrays])
+    def __init__(self, arrays: np.ndarray, input_name: str, batch_size: int = 8):
+        self.arrays = arrays
         self.input_name = input_name
         self.batch_size = batch_size
         self._next = 0
@@ -57,23 +57,29 @@ class ArrayCalibrationReader(CalibrationDataReader):
 
 
 def ort_calibration(recipe: CalibrationRecipe):
-    """(CalibrationMethod, extra_options) for a recipe; refuses methods onnxruntime lacks."""
+    """(CalibrationMethod, calibrator options) for a recipe; refuses methods onnxruntime lacks."""
     from onnxruntime.quantization import CalibrationMethod
 
     require_method(recipe, SUPPORTED_METHODS, "the onnxruntime QDQ quantizer (TensorRT targets)")
-    # TensorRT supports only zero-point-0 int8, so activations are symmetric whatever the
-    # recipe says for other backends.
-    extra = {"CalibTensorRangeSymmetric": True}
+    # TensorRT supports only zero-point-0 int8, so activation ranges are symmetric whatever
+    # the recipe says for other backends.
+    options = {"symmetric": True}
     if recipe.method in ("minmax", "moving_average"):
         method = CalibrationMethod.MinMax
         if recipe.method == "moving_average":
-            extra.update(CalibMovingAverage=True, CalibMovingAverageConstant=0.05)
+            options.update(moving_average=True, averaging_constant=0.05)
     elif recipe.method == "percentile":
         method = CalibrationMethod.Percentile
-        extra["CalibPercentile"] = float(recipe.percentile)
+        options["percentile"] = float(recipe.percentile)
     else:
         method = CalibrationMethod.Entropy
-    return method, extra
+    return method, options
+
+
+# onnxruntime's histogram calibrators keep every intermediate tensor of every image they are
+# given until the histograms are updated (~40 MB per 224x224 image on EfficientNet-Lite0), so
+# images go in chunks: the histograms merge across chunks, memory stays bounded.
+CALIBRATION_CHUNK = 32
 
 
 TENSORRT_QDQ_OPTIONS = {
@@ -107,15 +113,15 @@ def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Seque
     (made by `edgetl.runtime.preprocess.Preprocess`, as on the device)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import load_tensors_data
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not len(calibration):
         raise EdgetlError("no calibration images: pass calibration data with images of the deployment classes")
-    method, calib_extra = ort_calibration(recipe)
+    method, calib_options = ort_calibration(recipe)
     model = onnx.load(str(fp32_onnx), load_external_data=False)
     input_name = model.graph.input[0].name
-    reader = ArrayCalibrationReader(calibration, input_name)
+    arrays = np.concatenate([np.asarray(a, np.float32).reshape(-1, *np.shape(a)[-3:]) for a in calibration])
     out_path = Path(out_path)
     chatter = io.StringIO()
     with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp, \
@@ -124,19 +130,25 @@ def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Seque
         # would rename tensors the calibration cache refers to.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
+        calibrator = create_calibrator(prepared, TENSORRT_QDQ_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=method, extra_options=calib_options)
+        for start in range(0, len(arrays), CALIBRATION_CHUNK):
+            calibrator.collect_data(ArrayCalibrationReader(arrays[start:start + CALIBRATION_CHUNK], input_name))
+        data = calibrator.compute_data()
+        del calibrator
         cache = Path(tmp) / "ranges.json"
+        save_tensors_data(data, cache)
         quantize_static(
-            str(prepared), str(out_path), reader,
+            str(prepared), str(out_path), None,
             op_types_to_quantize=TENSORRT_QDQ_OPS,
             quant_format=QuantFormat.QDQ,
             per_channel=recipe.per_channel_weights,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options={**TENSORRT_QDQ_OPTIONS, **calib_extra},
+            extra_options=TENSORRT_QDQ_OPTIONS,
             calibration_cache_path=str(cache),
         )
-        data = load_tensors_data(cache)
     log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
     ranges = {name: (float(np.asarray(td.range_value[0]).item()), float(np.asarray(td.range_value[1]).item()))
               for name, td in data.data.items()}
@@ -144,7 +156,7 @@ def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Seque
         onnx.checker.check_model(str(out_path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise EdgetlError(f"quantized '{out_path}' fails onnx.checker ({str(exc).splitlines()[0]})") from None
-    return QdqResult(out_path, ranges, recipe.method, len(reader.arrays))
+    return QdqResult(out_path, ranges, recipe.method, len(arrays))
 
 
 def tensorrt_version_number(version: str) -> int:
