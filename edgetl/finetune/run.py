@@ -79,8 +79,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
             logits = model.head(torch.from_numpy(val_x)).numpy()
     else:
         trainable = freeze_for(strategy, backbone, cfg.unfreeze)
-        log.info("%s: top %d of %d backbone stages train; BatchNorm in frozen stages keeps its pretrained "
-                 "statistics", strategy, len(trainable), len(backbone_stages(backbone)))
+        log.info("%s: top %d of %d backbone stages train; BatchNorm keeps its pretrained running statistics",
+                 strategy, len(trainable), len(backbone_stages(backbone)))
         history += train_backbone(model, trainable, split.train, split.val, preprocess, cfg, epochs, lr, patience,
                                   strategy)
         logits = predict_logits(model, split.val, preprocess, cfg.batch_size)

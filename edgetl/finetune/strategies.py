@@ -1,6 +1,7 @@
 """Which backbone parameters train, at which learning rate, and how `auto` chooses.
 
 Stages run bottom-up: [stem], each block group of `backbone.blocks`, [head conv + norm].
+BatchNorm running statistics stay frozen in every strategy (see `set_train_mode`).
 `partial --unfreeze N` trains the top N stages; `full` trains all of them with a learning
 rate that shrinks by `layer_decay` per stage going down (discriminative learning rates).
 """
@@ -40,11 +41,7 @@ def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
 
 
 def freeze_for(strategy: str, backbone: nn.Module, unfreeze: int) -> list[list[nn.Module]]:
-    """Set requires_grad; return the trainable stages, top first.
-
-    Frozen stages stay in eval mode during training (see `set_train_mode`): their
-    BatchNorm keeps the pretrained running statistics, which small batches would wreck.
-    """
+    """Set requires_grad; return the trainable stages, top first."""
     stages = backbone_stages(backbone)
     if strategy == "linear":
         n = 0
@@ -66,12 +63,18 @@ def freeze_for(strategy: str, backbone: nn.Module, unfreeze: int) -> list[list[n
     return trainable
 
 
-def set_train_mode(model: nn.Module, trainable_stages: list[list[nn.Module]]) -> None:
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode everywhere except BatchNorm, whose running statistics stay the pretrained ones.
+
+    Batch statistics of a small, shifted dataset (100x100 hand photos upscaled to 224) differ
+    from ImageNet's; letting BN re-estimate them moves every embedding at once and wrecks the
+    linear-probe head the fine-tuning starts from. BN scale and shift still train where the
+    stage is unfrozen (the Keras transfer-learning guide's advice for EfficientNet).
+    """
     model.train()
-    model.backbone.eval()
-    for stage in trainable_stages:
-        for module in stage:
-            module.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def param_groups(model: nn.Module, trainable_stages, lr: float, backbone_lr_ratio: float, layer_decay: float,

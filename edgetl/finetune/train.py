@@ -103,7 +103,7 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
         task = bar.add_task(f"{strategy} fine-tuning", total=epochs * len(loader))
         for epoch in range(epochs):
             t0 = time.perf_counter()
-            set_train_mode(model, trainable_stages)
+            set_train_mode(model)
             total, seen = 0.0, 0
             for x, y in loader:
                 loss = loss_fn(model(x), y)
