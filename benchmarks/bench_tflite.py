@@ -4,15 +4,18 @@
 
 Exports the run three times with `edgetl export` (each bundle is evaluated by the device
 runtime on the run's validation split), then times batch-1 inference of every variant at
-1 and 2 threads: `--warmup` runs each, then `--runs` rounds in which the variants take
-turns (interleaved), because this machine is noisy and back-to-back blocks would compare
-different moments of background load. Reports medians.
+1 and 2 threads: `--warmup` runs each, then `--runs` timed runs each, taken in short
+blocks whose order is reshuffled every round (interleaved), because this machine is noisy
+and one long block per variant would compare different moments of background load.
+Reports medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -38,17 +41,27 @@ def export_all(run: Path, target: str, work: Path, reuse: bool) -> dict[str, Pat
     return bundles
 
 
-def time_variants(variants: dict, warmup: int, runs: int) -> dict[str, float]:
+def time_variants(variants: dict, warmup: int, runs: int, block: int = 5, seed: int = 0) -> dict[str, float]:
+    """Median ms per variant over `runs` timed calls, taken in blocks of `block` with the
+    variant order reshuffled every round. One untimed call opens each block: a thread pool
+    that just finished (XNNPACK's, torch's OpenMP) keeps spinning for a moment, and on two
+    cores that would bill the next variant for it."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
+    rng = random.Random(seed)
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(runs):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
+    for _ in range(-(-runs // block)):
+        order = list(variants)
+        rng.shuffle(order)
+        for name in order:
+            fn = variants[name]
             fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(v) for name, v in samples.items()}
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v[:runs]) for name, v in samples.items()}
 
 
 def main() -> None:
@@ -63,6 +76,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
 
+    # torch's OpenMP workers otherwise busy-wait between calls and steal the second core from
+    # the interleaved TFLite variants.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from edgetl.bundle import load_manifest

@@ -87,9 +87,10 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32:
             return self.backend.run(images)
         items = _as_list(images)
+        if not items:
+            return np.zeros((0, int(self.manifest["model"]["embedding_dim"])), np.float32)
         return np.concatenate([self.backend.run(self.prepare(items[i:i + batch_size]))
-                               for i in range(0, len(items), batch_size)]) if items else \
-            np.zeros((0, int(self.manifest["model"]["embedding_dim"])), np.float32)
+                               for i in range(0, len(items), batch_size)])
 
     def _follow_head_store(self) -> None:
         """A retrain, add-class or rollback takes effect on the next call: one stat() per batch

@@ -37,8 +37,14 @@ class Backend:
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """q = clip(round(x / scale + zero_point)), in float32 and in place: on a Pi this runs
+    once per frame, and float64 temporaries would double its cost."""
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    y = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    y += np.float32(zero_point)
+    np.rint(y, out=y)
+    np.clip(y, info.min, info.max, out=y)
+    return y.astype(dtype)
 
 
 def dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

@@ -43,7 +43,7 @@ class TFLiteBackend(Backend):
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         scale, zero_point = self.input["quantization"]
         dtype = self.input["dtype"]
-        x = quantize(batch, scale, zero_point, dtype) if scale else batch.astype(dtype)
+        x = quantize(batch, scale, zero_point, dtype) if scale else np.ascontiguousarray(batch, dtype=dtype)
         self.interpreter.set_tensor(self.input["index"], x)
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self.output["index"])
