@@ -11,8 +11,6 @@ import numpy as np
 from edgetl.errors import EdgetlError
 from edgetl.export.formats import Exported, ExportRequest
 
-log = logging.getLogger("edgetl")
-
 
 def _io_entry(detail: dict) -> dict:
     entry = {"name": detail["name"], "dtype": np.dtype(detail["dtype"]).name, "shape": [int(v) for v in detail["shape"]]}
@@ -48,8 +46,15 @@ def convert_fp32(module, size: int, layout: str, out_path: Path) -> None:
         sample = torch.zeros(1, size, size, 3)
     else:
         sample = torch.zeros(1, 3, size, size)
-    with torch.no_grad():
-        litert_torch.convert(module, (sample,)).export(str(out_path))
+    # It also logs every JAX-lowered op at INFO on the root logger; keep our log readable.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        with torch.no_grad():
+            litert_torch.convert(module, (sample,)).export(str(out_path))
+    finally:
+        root.setLevel(level)
 
 
 def export_tflite(request: ExportRequest, out_path: Path) -> Exported:
