@@ -2,10 +2,12 @@
 onnxruntime CPU: the host-side accuracy proxy for the Jetson INT8 path.
 
     .venv/bin/python benchmarks/bench_qdq.py RUN:DATA [RUN:DATA ...] [--recipes minmax,percentile,entropy]
+        [--samples 128,512]
 
 RUN is an `edgetl finetune` run; DATA its data folder (the run's own split is rebuilt from
 its metrics.json). Calibration images come from the training split, selected by the
-recipe (stratified, seeded); top-1 is on the validation split. Latency is onnxruntime CPU,
+recipe (stratified, seeded; --samples overrides the recipe's count); top-1 is on the
+validation split. Latency is onnxruntime CPU,
 batch 1, 2 threads, FP32 and INT8 interleaved.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +56,7 @@ def latency_ms(sessions: dict, x1: np.ndarray, rounds: int = 30) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def bench(run_dir: Path, data: Path, recipes: list[str], opset: int, console: Console) -> list[dict]:
+def bench(run_dir: Path, data: Path, recipes: list[str], samples: list[int], opset: int, console: Console) -> list[dict]:
     run = load_run(run_dir)
     record = json.loads((run_dir / "metrics.json").read_text()).get("data")
     split = split_from_record(record) if record and "val_files" in record else load_split(data, 0.2, 0)
@@ -70,12 +73,13 @@ def bench(run_dir: Path, data: Path, recipes: list[str], opset: int, console: Co
         fp32 = export_onnx(run.model.backbone, pre.size, Path(tmp) / "fp32.onnx", opset).path
         s32 = session(fp32)
         top1_fp32 = float(np.mean((embed(s32, x_val) @ w.T + b).argmax(1) == y))
-        for name in recipes:
+        for name, n in ((r, n) for r in recipes for n in samples):
             recipe = load_recipe(name)
+            recipe = replace(recipe, samples=n) if n else recipe
             calib_paths = select_calibration_images([p for p, _ in split.train], [lab for _, lab in split.train], recipe)
             calib = [pre.batch([p]) for p in calib_paths]
             t = time.perf_counter()
-            qdq = quantize_qdq(fp32, Path(tmp) / f"int8-{name}.onnx", calib, recipe).path
+            qdq = quantize_qdq(fp32, Path(tmp) / f"int8-{name}-{n}.onnx", calib, recipe).path
             quant_s = time.perf_counter() - t
             s8 = session(qdq)
             top1_int8 = float(np.mean((embed(s8, x_val) @ w.T + b).argmax(1) == y))
@@ -92,6 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pairs", nargs="+", help="RUN:DATA")
     ap.add_argument("--recipes", default="minmax,percentile,entropy")
+    ap.add_argument("--samples", default="0", help="Calibration image counts to try (0: the recipe's own).")
     ap.add_argument("--opset", type=int, default=17)
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     args = ap.parse_args()
@@ -99,7 +104,8 @@ def main() -> None:
     rows = []
     for pair in args.pairs:
         run_dir, data = pair.split(":", 1)
-        rows += bench(Path(run_dir), Path(data), args.recipes.split(","), args.opset, console)
+        rows += bench(Path(run_dir), Path(data), args.recipes.split(","), [int(v) for v in args.samples.split(",")],
+                      args.opset, console)
     table = Table(title="INT8 QDQ ONNX (TensorRT input) vs FP32 ONNX, onnxruntime CPU")
     for col in ("data", "n val", "recipe", "calib imgs", "FP32 top1", "INT8 top1", "drop (pts)",
                 "quantize s", "FP32 ms", "INT8 ms"):
