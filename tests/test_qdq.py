@@ -105,3 +105,21 @@ def test_recipe_methods_map_to_onnxruntime():
     assert method == CalibrationMethod.MinMax and extra["moving_average"] is True and extra["symmetric"]
     with pytest.raises(EdgetlError, match="histogram"):
         ort_calibration(load_recipe("histogram"))
+
+
+def test_histogram_calibration_over_several_chunks(fp32_onnx, lite0, tmp_path):
+    """Entropy calibration on 35 images: two chunks of unequal size (32 + 3) merge into one
+    histogram per tensor, and the result is a valid TensorRT-ready QDQ model."""
+    import dataclasses
+
+    from edgetl.quantize.onnx_qdq import CALIBRATION_CHUNK, quantize_qdq
+
+    _, pre = lite0
+    images = demo_images(4)[:35]
+    assert len(images) == 35 and len(images) % CALIBRATION_CHUNK
+    recipe = dataclasses.replace(load_recipe("entropy"), samples=35)
+    result = quantize_qdq(fp32_onnx.path, tmp_path / "entropy.onnx", [pre.batch([p]) for p in images], recipe)
+    assert result.samples == 35 and result.method == "entropy"
+    assert validate_tensorrt(result.path, "int8")["qdq"]["convs_qdq_activation"] == 49
+    lo, hi = result.ranges["input"]
+    assert lo == -hi and 0 < hi <= 1.0 + 1e-6  # symmetric; the input is normalised to [-1, 1]

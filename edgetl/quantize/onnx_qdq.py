@@ -34,9 +34,13 @@ SUPPORTED_METHODS = ("minmax", "moving_average", "percentile", "entropy")
 
 
 class ArrayCalibrationReader(CalibrationDataReader):
-    """Feeds a preprocessed calibration batch [N, C, H, W] in small batches."""
+    """Feeds a preprocessed calibration batch [N, C, H, W], one image at a time.
 
-    def __init__(self, arrays: np.ndarray, input_name: str, batch_size: int = 8):
+    One image per run: onnxruntime's histogram collector stacks the outputs of all runs of a
+    chunk, so every run must have the same batch size, whatever N is.
+    """
+
+    def __init__(self, arrays: np.ndarray, input_name: str, batch_size: int = 1):
         self.arrays = arrays
         self.input_name = input_name
         self.batch_size = batch_size
