@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from edgetl.yamlcfg import ConfigError, parse_fields, read_mapping
+from edgetl.yamlcfg import ConfigError, parse_fields, read_mapping, resolve_yaml
 
 TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
 
@@ -86,22 +86,9 @@ def _validate(t: Target, path: Path) -> None:
         bad("calibration", f"names recipe '{t.calibration}', which does not load: {exc}")
 
 
-def _resolve(name_or_path: str | Path) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
-        if not candidate.is_file():
-            raise ConfigError(f"target file '{candidate}' does not exist")
-        return candidate
-    path = TARGETS_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(TARGETS_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown target '{name_or_path}'; choose one of: {known} (or pass a path to a target YAML)")
-    return path
-
-
 def load_target(name_or_path: str | Path) -> Target:
     """A target by name (targets/<name>.yaml) or by path to a YAML file."""
-    path = _resolve(name_or_path)
+    path = resolve_yaml(name_or_path, TARGETS_DIR, "target")
     kwargs = parse_fields(Target, read_mapping(path), path, skip=("path",))
     target = Target(**kwargs, path=path)
     _validate(target, path)

@@ -20,6 +20,20 @@ class ConfigError(EdgetlError):
     pass
 
 
+def resolve_yaml(name_or_path: str | Path, folder: Path, kind: str) -> Path:
+    """`name` -> folder/name.yaml; a path to a YAML file is taken as it is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"{kind} file '{candidate}' does not exist")
+        return candidate
+    path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(folder.glob("*.yaml")))
+        raise ConfigError(f"unknown {kind} '{name_or_path}'; choose one of: {known} (or pass a path to a {kind} YAML)")
+    return path
+
+
 def read_mapping(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

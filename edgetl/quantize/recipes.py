@@ -15,7 +15,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from edgetl.yamlcfg import ConfigError, parse_fields, read_mapping
+from edgetl.yamlcfg import ConfigError, parse_fields, read_mapping, resolve_yaml
 
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "calibration"
 
@@ -56,16 +56,7 @@ def _validate(r: CalibrationRecipe, path: Path) -> None:
 
 def load_recipe(name_or_path: str | Path) -> CalibrationRecipe:
     """A recipe by name (calibration/<name>.yaml) or by path to a YAML file."""
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
-        if not candidate.is_file():
-            raise ConfigError(f"calibration recipe file '{candidate}' does not exist")
-        path = candidate
-    else:
-        path = CALIBRATION_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"unknown calibration recipe '{name_or_path}'; choose one of: "
-                              f"{', '.join(r.name for r in list_recipes())} (or pass a path to a recipe YAML)")
+    path = resolve_yaml(name_or_path, CALIBRATION_DIR, "calibration recipe")
     kwargs = parse_fields(CalibrationRecipe, read_mapping(path), path, skip=("path",))
     recipe = CalibrationRecipe(**kwargs, path=path)
     _validate(recipe, path)
