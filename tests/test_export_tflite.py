@@ -45,7 +45,6 @@ def test_device_preprocessing_equals_training_eval_transform(trained_run, fp32_b
     """The bundle's NHWC preprocessing reproduces timm's eval transform (torchvision on PIL)
     for the run's backbone, image by image, on real photos of several sizes."""
     import timm.data
-    import torch
 
     from edgetl.model import load_run
 
