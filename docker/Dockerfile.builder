@@ -1,8 +1,8 @@
-# edgetl host toolchain for x86_64 CI: fine-tune, export every target, write the report.
+# edgetl host toolchain for x86_64 CI: fine-tune and export per-target bundles.
 # Builds the Jetson bundles too (ONNX / QDQ ONNX); their engines are built on the devices.
 #
 #   docker build -f docker/Dockerfile.builder -t edgetl-builder .
-#   docker run --rm -v $PWD:/work edgetl-builder build edgetl.yaml
+#   docker run --rm -v $PWD:/work edgetl-builder export runs/a --target rpi5 --out dist/rpi5
 FROM python:3.11.10-slim-bookworm
 
 ENV PIP_NO_CACHE_DIR=1 \
