@@ -21,7 +21,7 @@ from edgetl.runtime.preprocess import Preprocess
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl")) / "embeddings"
+    return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl"))
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -40,7 +40,7 @@ def progress() -> Progress:
 class EmbeddingCache:
     def __init__(self, backbone: torch.nn.Module, preprocess: Preprocess, cache_dir: str | Path | None = None):
         key = hashlib.sha256((model_digest(backbone) + json.dumps(preprocess.to_dict(), sort_keys=True)).encode())
-        self.dir = Path(cache_dir or default_cache_dir()) / key.hexdigest()[:24]
+        self.dir = Path(cache_dir or default_cache_dir()) / "embeddings" / key.hexdigest()[:24]
         self.backbone = backbone
         self.preprocess = preprocess
 
