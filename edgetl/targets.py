@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from edgetl.yamlcfg import ConfigError, parse_fields, read_mapping, resolve_yaml
+from edgetl.yamlcfg import ConfigError, load_config
 
 TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
 
@@ -88,11 +88,7 @@ def _validate(t: Target, path: Path) -> None:
 
 def load_target(name_or_path: str | Path) -> Target:
     """A target by name (targets/<name>.yaml) or by path to a YAML file."""
-    path = resolve_yaml(name_or_path, TARGETS_DIR, "target")
-    kwargs = parse_fields(Target, read_mapping(path), path, skip=("path",))
-    target = Target(**kwargs, path=path)
-    _validate(target, path)
-    return target
+    return load_config(Target, name_or_path, TARGETS_DIR, "target", _validate)
 
 
 def list_targets() -> list[Target]:

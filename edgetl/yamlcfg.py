@@ -104,3 +104,13 @@ def parse_fields(cls, data: dict, path: Path, skip: tuple[str, ...] = ()) -> dic
             continue
         kwargs[name] = _coerce(data[name], hints[name], path, name)
     return kwargs
+
+
+def load_config(cls, name_or_path: str | Path, folder: Path, kind: str, validate):
+    """Resolve, read and parse a YAML file into frozen dataclass `cls` (whose `path` field
+    records the file), then run `validate(obj, path)` for checks across fields."""
+    path = resolve_yaml(name_or_path, folder, kind)
+    obj = cls(**parse_fields(cls, read_mapping(path), path, skip=("path",)), path=path)
+    validate(obj, path)
+    return obj
+

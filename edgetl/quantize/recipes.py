@@ -15,7 +15,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from edgetl.yamlcfg import ConfigError, parse_fields, read_mapping, resolve_yaml
+from edgetl.yamlcfg import ConfigError, load_config
 
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "calibration"
 
@@ -56,11 +56,7 @@ def _validate(r: CalibrationRecipe, path: Path) -> None:
 
 def load_recipe(name_or_path: str | Path) -> CalibrationRecipe:
     """A recipe by name (calibration/<name>.yaml) or by path to a YAML file."""
-    path = resolve_yaml(name_or_path, CALIBRATION_DIR, "calibration recipe")
-    kwargs = parse_fields(CalibrationRecipe, read_mapping(path), path, skip=("path",))
-    recipe = CalibrationRecipe(**kwargs, path=path)
-    _validate(recipe, path)
-    return recipe
+    return load_config(CalibrationRecipe, name_or_path, CALIBRATION_DIR, "calibration recipe", _validate)
 
 
 def list_recipes() -> list[CalibrationRecipe]:
