@@ -150,8 +150,6 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> tuple[dict | Non
     import torch
 
     choice = weights or "default"
-    if choice == "none_quiet":  # architecture only; weights follow from a checkpoint
-        return None, "none"
     if choice == "none":
         log.warning("RANDOM INIT: backbone '%s' has no pretrained weights (--weights none); "
                     "accuracy will be poor and INT8 calibration meaningless", spec.name)
@@ -186,12 +184,18 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> tuple[dict | Non
     return _unwrap_checkpoint(raw, path), origin
 
 
-def create_backbone(name: str, weights: str | None = "default"):
-    """timm model (classifier removed, outputs the pooled embedding) and its weights' origin."""
+def create_architecture(name: str):
+    """The timm model without weights (classifier removed, outputs the pooled embedding);
+    for loading a checkpoint, which brings its own weights."""
     import timm
 
+    return timm.create_model(get_spec(name).arch, pretrained=False, num_classes=0)
+
+
+def create_backbone(name: str, weights: str | None = "default"):
+    """The embedding model with resolved pretrained weights, and the weights' origin."""
     spec = get_spec(name)
-    model = timm.create_model(spec.arch, pretrained=False, num_classes=0)
+    model = create_architecture(name)
     state, origin = resolve_weights(spec, weights)
     if state is not None:
         model.load_state_dict(map_state_dict(state, model.state_dict(), f"'{origin}'"), strict=True)

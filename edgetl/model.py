@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgetl.backbones import BackboneSpec, create_backbone, get_spec
+from edgetl.backbones import BackboneSpec, create_architecture, get_spec
 from edgetl.errors import EdgetlError
 from edgetl.runtime.preprocess import Preprocess
 
@@ -76,7 +76,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
         raise EdgetlError(f"'{path}' is not an edgetl run checkpoint (expected format {RUN_FORMAT})")
     spec = get_spec(state["backbone"])
-    backbone, _ = create_backbone(spec.name, weights="none_quiet")
+    backbone = create_architecture(spec.name)
     backbone.load_state_dict(state["backbone_state"])
     labels = list(state["labels"])
     model = Classifier(backbone, int(state["embedding_dim"]), len(labels), float(state.get("dropout", 0.0)))
