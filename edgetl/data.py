@@ -51,8 +51,10 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan_class_folders(folder: Path, labels: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str], list[Skipped]]:
-    """(path, class index) for every decodable image under folder/<class>/, sorted."""
+def scan_class_folders(folder: Path, labels: list[str] | None = None, known_good=None
+                       ) -> tuple[list[tuple[Path, int]], list[str], list[Skipped]]:
+    """(path, class index) for every decodable image under folder/<class>/, sorted
+    (`known_good` as in `scan_images`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EdgetlError(f"data folder '{folder}' does not exist or is not a directory")
@@ -68,7 +70,7 @@ def scan_class_folders(folder: Path, labels: list[str] | None = None) -> tuple[l
             raise EdgetlError(f"'{folder}' has classes the model does not know: {unknown}; known: {labels}")
     items, skipped, total = [], [], 0
     for d in dirs:
-        good, bad = scan_images(d)
+        good, bad = scan_images(d, known_good=known_good)
         total += len(good) + len(bad)
         items += [(p, labels.index(d.name)) for p in good]
         skipped += bad
@@ -109,18 +111,24 @@ def warn_imbalance(items, labels: list[str], where: str) -> None:
                     where, big, max(sizes), small, min(sizes))
 
 
-def load_split(root: str | Path, val_split: float = 0.2, seed: int = 0) -> Split:
+def data_root(root: str | Path) -> Path:
+    """The data folder, checked to exist (callers check first to fail before slow set-up)."""
     root = Path(root)
     if not root.is_dir():
         raise EdgetlError(f"data folder '{root}' does not exist; pass a folder of class sub-folders")
+    return root
+
+
+def load_split(root: str | Path, val_split: float = 0.2, seed: int = 0, known_good=None) -> Split:
+    root = data_root(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train, labels, skipped = scan_class_folders(root / "train")
-        val, _, skipped_val = scan_class_folders(root / "val", labels)
+        train, labels, skipped = scan_class_folders(root / "train", known_good=known_good)
+        val, _, skipped_val = scan_class_folders(root / "val", labels, known_good)
         split = Split(root, labels, train, val, "train/val", None, seed, skipped + skipped_val)
     else:
         if not 0.0 < val_split < 1.0:
             raise EdgetlError(f"--val-split {val_split} must be between 0 and 1 for a folder without train/ and val/")
-        items, labels, skipped = scan_class_folders(root)
+        items, labels, skipped = scan_class_folders(root, known_good=known_good)
         train, val = _stratified_split(items, val_split, seed)
         split = Split(root, labels, train, val, "class folders", val_split, seed, skipped)
     if len(split.labels) < 2:

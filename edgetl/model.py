@@ -22,11 +22,12 @@ RUN_FORMAT = "edgetl.run/1"
 class Classifier(nn.Module):
     """Backbone to embedding, dropout, linear head. Split at the embedding for export."""
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int, dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int, dropout: float = 0.0,
+                 head: nn.Linear | None = None):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(embedding_dim, num_classes)
+        self.head = head if head is not None else nn.Linear(embedding_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.backbone(x)))
@@ -46,18 +47,21 @@ class Run:
         return self.model.backbone
 
 
-def save_run(path: Path, run: Run) -> None:
+def save_run(path: Path, *, spec: BackboneSpec, labels: list[str], preprocess: Preprocess, weights_origin: str,
+             strategy: str, dropout: float, backbone_state: dict, head: nn.Linear) -> None:
+    """Write RUN/model.pt atomically. Takes the backbone as a state dict: a linear probe on
+    cached embeddings saves the pretrained weights without ever building the module."""
     state = {
         "format": RUN_FORMAT,
-        "backbone": run.spec.name,
-        "labels": list(run.labels),
-        "preprocess": run.preprocess.to_dict(),
-        "embedding_dim": run.spec.embedding_dim,
-        "weights_origin": run.weights_origin,
-        "strategy": run.strategy,
-        "dropout": float(run.model.dropout.p),
-        "backbone_state": {k: v.detach().cpu() for k, v in run.model.backbone.state_dict().items()},
-        "head": {"weight": run.model.head.weight.detach().cpu(), "bias": run.model.head.bias.detach().cpu()},
+        "backbone": spec.name,
+        "labels": list(labels),
+        "preprocess": preprocess.to_dict(),
+        "embedding_dim": spec.embedding_dim,
+        "weights_origin": weights_origin,
+        "strategy": strategy,
+        "dropout": float(dropout),
+        "backbone_state": {k: v.detach().cpu() for k, v in backbone_state.items()},
+        "head": {"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu()},
     }
     tmp = Path(path).with_suffix(".pt.tmp")
     torch.save(state, tmp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,30 +25,41 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl"))
 
 
-def model_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=stderr, transient=False)
 
 
 class EmbeddingCache:
-    def __init__(self, backbone: torch.nn.Module, preprocess: Preprocess, cache_dir: str | Path | None = None):
-        key = hashlib.sha256((model_digest(backbone) + json.dumps(preprocess.to_dict(), sort_keys=True)).encode())
+    """Embeddings on disk under CACHE/embeddings/<backbone digest + preprocessing>/<file sha256>.npy.
+
+    `backbone` is a zero-argument callable returning the module, called only when some
+    image is not cached yet (building it is the slow part of a warm run).
+    """
+
+    def __init__(self, backbone_digest: str, backbone: Callable[[], torch.nn.Module], preprocess: Preprocess,
+                 cache_dir: str | Path | None = None):
+        key = hashlib.sha256((backbone_digest + json.dumps(preprocess.to_dict(), sort_keys=True)).encode())
         self.dir = Path(cache_dir or default_cache_dir()) / "embeddings" / key.hexdigest()[:24]
         self.backbone = backbone
         self.preprocess = preprocess
+        self._digests: dict[tuple, str] = {}
+
+    def file_digest(self, path: Path) -> str:
+        st = path.stat()  # memoised per (path, size, mtime): the scan and embed() both ask
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = sha256_file(path)
+        return self._digests[key]
+
+    def contains(self, path: Path) -> bool:
+        """True when `path`'s content was embedded before, so it is known to decode."""
+        return (self.dir / f"{self.file_digest(path)}.npy").is_file()
 
     def embed(self, paths: list[Path], batch_size: int = 32, label: str = "embedding images") -> np.ndarray:
         """[N, D] float32 embeddings of `paths`, computing only what the cache lacks."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        digests = [sha256_file(p) for p in paths]
+        digests = [self.file_digest(p) for p in paths]
         out: list[np.ndarray | None] = [None] * len(paths)
         todo = []
         for i, d in enumerate(digests):
@@ -60,13 +72,13 @@ class EmbeddingCache:
                     pass  # a torn cache entry is recomputed
             todo.append(i)
         if todo:
-            self.backbone.eval()
+            backbone = self.backbone().eval()
             with progress() as bar, torch.inference_mode():
                 task = bar.add_task(f"{label} ({len(paths) - len(todo)} cached)", total=len(todo))
                 for start in range(0, len(todo), batch_size):
                     chunk = todo[start:start + batch_size]
                     x = torch.from_numpy(self.preprocess.batch([paths[i] for i in chunk]))
-                    emb = self.backbone(x).numpy().astype(np.float32)
+                    emb = backbone(x).numpy().astype(np.float32)
                     for i, e in zip(chunk, emb):
                         out[i] = e
                         tmp = self.dir / f".{digests[i]}.{os.getpid()}.npy"

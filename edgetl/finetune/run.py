@@ -11,16 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from edgetl.backbones import create_backbone, get_spec
-from edgetl.data import load_split
+from edgetl.backbones import get_spec
+from edgetl.data import data_root, load_split
 from edgetl.errors import EdgetlError
 from edgetl.finetune.config import DEFAULTS, STRATEGIES, FinetuneConfig
 from edgetl.finetune.features import EmbeddingCache
+from edgetl.finetune.pretrained import PretrainedBackbone
 from edgetl.finetune.strategies import backbone_stages, choose_strategy, freeze_for
 from edgetl.finetune.train import predict_logits, train_backbone, train_head
 from edgetl.metrics import classification_metrics
-from edgetl.model import Classifier, Run, save_run
+from edgetl.model import Classifier, save_run
 from edgetl.report.curves import plot_history
 
 log = logging.getLogger("edgetl")
@@ -40,7 +42,13 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     seed_everything(cfg.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(out)
-    split = load_split(data, cfg.val_split, cfg.seed)
+    data = data_root(data)
+    spec = get_spec(cfg.backbone)
+    preprocess = spec.preprocess("NCHW")
+    backbone = PretrainedBackbone(spec, cfg.weights, cfg.cache_dir)
+    cache = EmbeddingCache(backbone.digest, backbone.module, preprocess, cfg.cache_dir)
+    # Files whose content is already embedded decoded fine before: the scan skips re-decoding them.
+    split = load_split(data, cfg.val_split, cfg.seed, known_good=cache.contains)
     log.info("data '%s' (%s): %d classes, %d train, %d val images", split.root, split.layout, len(split.labels),
              len(split.train), len(split.val))
 
@@ -53,42 +61,41 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     lr = cfg.lr or defaults["lr"]
     patience = cfg.patience or defaults["patience"]
 
-    spec = get_spec(cfg.backbone)
-    backbone, origin = create_backbone(spec.name, cfg.weights)
-    preprocess = spec.preprocess("NCHW")
-    model = Classifier(backbone, spec.embedding_dim, len(split.labels), cfg.dropout)
-
     # Every strategy starts with a linear probe on cached embeddings: it is the whole job
     # for `linear`, and for partial/full it gives the head a sane start so the first
     # backbone updates are not driven by a random head (LP-FT, Kumar et al., 2022).
     t0 = time.perf_counter()
-    cache = EmbeddingCache(backbone, preprocess, cfg.cache_dir)
     train_x = cache.embed([p for p, _ in split.train], cfg.batch_size, "embedding train images")
     val_x = cache.embed([p for p, _ in split.val], cfg.batch_size, "embedding val images")
     t_embed = time.perf_counter() - t0
     train_y = [c for _, c in split.train]
     val_y = [c for _, c in split.val]
+    # Reseed: the head and training must not depend on whether building the backbone
+    # (skipped on a fully cached run) consumed random numbers.
+    seed_everything(cfg.seed)
+    head = nn.Linear(spec.embedding_dim, len(split.labels))
     lp = DEFAULTS["linear"]
-    history = train_head(model.head, cfg.dropout, train_x, train_y, val_x, val_y, cfg,
+    history = train_head(head, cfg.dropout, train_x, train_y, val_x, val_y, cfg,
                          epochs if strategy == "linear" else lp["epochs"], lr if strategy == "linear" else lp["lr"],
                          patience if strategy == "linear" else lp["patience"])
     t_head = time.perf_counter() - t0 - t_embed
 
     if strategy == "linear":
         with torch.no_grad():
-            logits = model.head(torch.from_numpy(val_x)).numpy()
+            logits = head(torch.from_numpy(val_x)).numpy()
     else:
-        trainable = freeze_for(strategy, backbone, cfg.unfreeze)
+        model = Classifier(backbone.module(), spec.embedding_dim, len(split.labels), cfg.dropout, head=head)
+        trainable = freeze_for(strategy, model.backbone, cfg.unfreeze)
         log.info("%s: top %d of %d backbone stages train; BatchNorm keeps its pretrained running statistics",
-                 strategy, len(trainable), len(backbone_stages(backbone)))
+                 strategy, len(trainable), len(backbone_stages(model.backbone)))
         history += train_backbone(model, trainable, split.train, split.val, preprocess, cfg, epochs, lr, patience,
                                   strategy)
         logits = predict_logits(model, split.val, preprocess, cfg.batch_size)
 
     metrics = classification_metrics(val_y, logits.argmax(1), split.labels)
     out.mkdir(parents=True, exist_ok=True)
-    run = Run(model.eval(), spec, split.labels, preprocess, origin, strategy)
-    save_run(out / "model.pt", run)
+    save_run(out / "model.pt", spec=spec, labels=split.labels, preprocess=preprocess, weights_origin=backbone.origin,
+             strategy=strategy, dropout=cfg.dropout, backbone_state=backbone.state_dict(), head=head)
     (out / "labels.txt").write_text("\n".join(split.labels) + "\n", encoding="utf-8")
     plot_history(history, out / "training_curve.png", f"{spec.name} · {strategy} · {split.root.name}")
     final_phase = [h for h in history if h["phase"] == history[-1]["phase"]]
@@ -96,7 +103,7 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
         "strategy": strategy,
         "strategy_reason": reason,
         "backbone": spec.name,
-        "weights": origin,
+        "weights": backbone.origin,
         "config": cfg.to_dict(),
         "history": history,
         "best_epoch": max(final_phase, key=lambda h: h["val_balanced_accuracy"])["epoch"],

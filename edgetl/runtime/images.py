@@ -7,6 +7,7 @@ Every image that enters training, calibration, evaluation or the device goes thr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,11 +86,14 @@ class Skipped:
     reason: str
 
 
-def scan_images(folder: Path, check: bool = True) -> tuple[list[Path], list[Skipped]]:
+def scan_images(folder: Path, check: bool = True,
+                known_good: Callable[[Path], bool] | None = None) -> tuple[list[Path], list[Skipped]]:
     """Image files under `folder` (recursive, sorted) and the files skipped with reasons.
 
     With `check`, each file is decoded once at a small DCT scale, so truncated, empty and
-    mislabelled files are found up front instead of in the middle of an epoch.
+    mislabelled files are found up front instead of in the middle of an epoch. Files for
+    which `known_good` says yes (e.g. their content is already in an embedding cache) have
+    decoded before and are not decoded again.
     """
     good: list[Path] = []
     skipped: list[Skipped] = []
@@ -99,7 +103,7 @@ def scan_images(folder: Path, check: bool = True) -> tuple[list[Path], list[Skip
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(Skipped(path, f"has extension '{path.suffix}', not an image type"))
             continue
-        if check:
+        if check and not (known_good and known_good(path)):
             try:
                 load_rgb(path, min_side=32)
             except BadImage as exc:
