@@ -2,7 +2,10 @@
 embedding-cache speed-up, each a real `edgetl finetune` process.
 
     .venv/bin/python benchmarks/bench_finetune.py                     # everything (long)
-    .venv/bin/python benchmarks/bench_finetune.py --only h-lin --only h-lin-cached
+    .venv/bin/python benchmarks/bench_finetune.py --only h-lin --only h-lin-cached --repeat 5
+
+A "warm" case reuses the cache the case before it filled; its speed-up is the wall time of
+that cold run over its own.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ CASES = {
     "h-lin": (HYM, ["--strategy", "linear"], "cold"),
     "h-lin-cached": (HYM, ["--strategy", "linear"], "warm"),
     "h-partial": (HYM, ["--strategy", "partial"], "warm"),
+    "h-partial-lr1e-4": (HYM, ["--strategy", "partial", "--lr", "1e-4"], "warm"),
     "h-full": (HYM, ["--strategy", "full"], "warm"),
+    "h-full-lr1e-4": (HYM, ["--strategy", "full", "--lr", "1e-4"], "warm"),
     "d-lin": (DIGITS, ["--strategy", "linear", "--val-split", "0.2", "--seed", "0"], "cold"),
     "d-partial": (DIGITS, ["--strategy", "partial", "--val-split", "0.2", "--seed", "0"], "warm"),
     "d-full": (DIGITS, ["--strategy", "full", "--val-split", "0.2", "--seed", "0", "--epochs", "4"], "warm"),
@@ -38,34 +43,40 @@ CASES = {
 @click.command()
 @click.option("--only", multiple=True, type=click.Choice(list(CASES)), help="Run only these cases.")
 @click.option("--runs-dir", default=str(REPO / "runs"), show_default=True, help="Where the runs are written.")
+@click.option("--repeat", default=1, show_default=True, help="Run the chosen cases this many times over.")
 @click.option("--results", default=str(REPO / "benchmarks" / "results-finetune.json"), show_default=True)
-def main(only, runs_dir, results):
+def main(only, runs_dir, repeat, results):
     cache_root = Path(tempfile.mkdtemp(prefix="edgetl-bench-cache-"))
-    rows, cache = [], None
-    for name in only or CASES:
+    rows, cache, cold_wall = [], None, None
+    for rep, name in ((r, n) for r in range(repeat) for n in (only or CASES)):
         data, args, mode = CASES[name]
         if mode == "cold" or cache is None:
-            cache = cache_root / name
+            cache = cache_root / f"{name}-{rep}"
         out = Path(runs_dir) / name
         cmd = [str(REPO / ".venv" / "bin" / "edgetl"), "finetune", str(data), *args, "--out", str(out),
                "--cache-dir", str(cache), "--json"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        cold_wall = wall if mode == "cold" else cold_wall
         if proc.returncode != 0:
             sys.exit(f"{name} failed: {proc.stderr.strip().splitlines()[-1]}")
         m = json.loads((out / "metrics.json").read_text())
         rows.append({"case": name, "strategy": m["strategy"], "top1": m["top1"], "balanced": m["balanced_accuracy"],
                      "correct": round(m["top1"] * m["n"]), "n": m["n"], "wall_s": wall,
-                     "embed_s": m["seconds"]["embedding"], "epochs": len(m["history"]), "cache": mode,
+                     "embed_s": m["seconds"]["embedding"], "cache": mode,
+                     "epochs": sum(h["phase"] == m["strategy"] for h in m["history"]),  # of the final phase
+                     "speedup": cold_wall / wall if mode == "warm" and cold_wall else None,
                      "command": " ".join(cmd[1:])})
     table = Table(title="edgetl finetune (2 vCPU x86_64, no GPU)")
-    for col in ("case", "strategy", "top1", "correct/n", "balanced", "wall s", "embedding s", "cache"):
+    for col in ("case", "strategy", "top1", "correct/n", "balanced", "epochs", "wall s", "embedding s", "cache",
+                "speed-up vs cold"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["case"], r["strategy"], f"{r['top1']:.4f}", f"{r['correct']}/{r['n']}", f"{r['balanced']:.4f}",
-                      f"{r['wall_s']:.1f}", f"{r['embed_s']:.1f}", r["cache"])
-    Console().print(table)
+                      str(r["epochs"]), f"{r['wall_s']:.1f}", f"{r['embed_s']:.1f}", r["cache"],
+                      f"{r['speedup']:.1f}x" if r["speedup"] else "")
+    Console(width=160).print(table)
     Path(results).write_text(json.dumps(rows, indent=2) + "\n")
 
 

@@ -34,6 +34,10 @@ def test_linear_run_writes_the_contract(trained_run):
     assert state["backbone"] == "tf_efficientnet_lite0"
     run = load_run(trained_run)
     assert run.labels == metrics["labels"]
+    # the weights kept by early stopping are the ones the reported numbers come from
+    kept = [h for h in metrics["history"] if h.get("kept")]
+    assert len(kept) == 1 and kept[0]["epoch"] == metrics["best_epoch"]
+    assert kept[0]["val_top1"] == pytest.approx(metrics["top1"], abs=1e-9)
 
 
 def test_evaluate_run_reproduces_validation_metrics(trained_run):

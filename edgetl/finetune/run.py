@@ -97,8 +97,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     save_run(out / "model.pt", spec=spec, labels=split.labels, preprocess=preprocess, weights_origin=backbone.origin,
              strategy=strategy, dropout=cfg.dropout, backbone_state=backbone.state_dict(), head=head)
     (out / "labels.txt").write_text("\n".join(split.labels) + "\n", encoding="utf-8")
-    plot_history(history, out / "training_curve.png", f"{spec.name} · {strategy} · {split.root.name}")
-    final_phase = [h for h in history if h["phase"] == history[-1]["phase"]]
+    best_epoch = next(h["epoch"] for h in history if h["phase"] == history[-1]["phase"] and h.get("kept"))
+    plot_history(history, out / "training_curve.png", f"{spec.name} · {strategy} · {split.root.name}", best_epoch)
     metrics.update({
         "strategy": strategy,
         "strategy_reason": reason,
@@ -106,7 +106,7 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
         "weights": backbone.origin,
         "config": cfg.to_dict(),
         "history": history,
-        "best_epoch": max(final_phase, key=lambda h: h["val_balanced_accuracy"])["epoch"],
+        "best_epoch": best_epoch,
         "selection": "early stopping on validation balanced accuracy (the same split these metrics use)",
         "seconds": {"embedding": t_embed, "linear_head": t_head, "total": time.perf_counter() - started},
         "data": split.describe(),

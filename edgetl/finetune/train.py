@@ -104,6 +104,7 @@ def train_head(head: nn.Linear, dropout: float, train_x, train_y, val_x, val_y, 
         if stopper.update(bacc, val_loss, epoch, head):
             break
     head.load_state_dict(stopper.best_state)
+    history[stopper.best_epoch]["kept"] = True  # the weights that were restored
     return history
 
 
@@ -165,4 +166,5 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
                 bar.update(task, completed=epochs * len(loader))
                 break
     model.load_state_dict(stopper.best_state)
+    history[stopper.best_epoch]["kept"] = True
     return history

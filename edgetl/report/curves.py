@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_history(history: list[dict], path: Path, title: str) -> Path:
+def plot_history(history: list[dict], path: Path, title: str, best_epoch: int | None = None) -> Path:
+    """`best_epoch` (of the last phase, the weights that were kept) is marked on both panels."""
     # Figure without pyplot: no GUI backend, no global state, and a faster import.
     from matplotlib.figure import Figure
 
@@ -22,6 +23,8 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="0.4", linewidth=0.8, linestyle="-.", label=f"kept: epoch {best_epoch}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
