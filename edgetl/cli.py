@@ -83,7 +83,8 @@ def _print_metrics(title: str, metrics: dict, as_json: bool) -> None:
 @click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default per strategy).")
 @click.option("--val-split", default=0.2, show_default=True, help="Validation fraction when DATA has no train/ val/.")
 @click.option("--seed", default=0, show_default=True, help="Seeds the split, initialisation and batch order.")
-@click.option("--cache-dir", default=None, help="Embedding cache (default $EDGETL_CACHE or ~/.cache/edgetl).")
+@click.option("--cache-dir", default=None, help="Cache of embeddings and resolved backbones (default $EDGETL_CACHE "
+                                                "or ~/.cache/edgetl); see `edgetl cache`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def finetune(data, out, as_json, **options):
     """Fine-tune a pretrained backbone on a folder of images.
@@ -143,6 +144,42 @@ def backbones():
         p = spec.preprocess()
         table.add_row(spec.name, str(spec.size), str(p.resize), str(spec.mean), str(spec.std), spec.interpolation,
                       str(spec.embedding_dim), spec.weight_package or "--weights PATH")
+    stdout.print(table)
+
+
+@cli.command("cache")
+@click.option("--cache-dir", default=None, help="Cache folder (default $EDGETL_CACHE or ~/.cache/edgetl).")
+@click.option("--clear", is_flag=True, help="Delete the cached embeddings and backbones.")
+def cache_cmd(cache_dir, clear):
+    """Show what the fine-tuning cache holds, or clear it.
+
+    A linear probe embeds each image once per backbone and keeps the resolved pretrained
+    backbone, so a rerun over the same images takes seconds. Everything here can be
+    recomputed; clearing only makes the next run slow again.
+
+    \b
+    Examples:
+      edgetl cache
+      edgetl cache --clear
+    """
+    from rich.table import Table
+
+    from edgetl.clikit import stdout
+    from edgetl.finetune.cachedir import cache_entries, clear_cache
+    from edgetl.finetune.features import default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    if clear:
+        click.echo(f"cleared {root}: {clear_cache(root) / 1e6:.1f} MB freed")
+        return
+    entries = cache_entries(root)
+    table = Table(title=f"edgetl cache: {root}")
+    for col in ("kind", "what", "files", "MB", "folder"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.kind, e.what, str(e.files), f"{e.bytes / 1e6:.1f}", e.path.name)
+    table.add_section()
+    table.add_row("total", "", str(sum(e.files for e in entries)), f"{sum(e.bytes for e in entries) / 1e6:.1f}", "")
     stdout.print(table)
 
 

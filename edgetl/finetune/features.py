@@ -17,7 +17,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from edgetl.clikit import stderr
-from edgetl.fsutil import sha256_file
+from edgetl.fsutil import atomic_write_json, sha256_file
 from edgetl.runtime.preprocess import Preprocess
 
 
@@ -38,11 +38,12 @@ class EmbeddingCache:
     """
 
     def __init__(self, backbone_digest: str, backbone: Callable[[], torch.nn.Module], preprocess: Preprocess,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, about: dict | None = None):
         key = hashlib.sha256((backbone_digest + json.dumps(preprocess.to_dict(), sort_keys=True)).encode())
         self.dir = Path(cache_dir or default_cache_dir()) / "embeddings" / key.hexdigest()[:24]
         self.backbone = backbone
         self.preprocess = preprocess
+        self.about = about or {}  # written to info.json so `edgetl cache` can say what a folder holds
         self._digests: dict[tuple, str] = {}
 
     def file_digest(self, path: Path) -> str:
@@ -59,6 +60,8 @@ class EmbeddingCache:
     def embed(self, paths: list[Path], batch_size: int = 32, label: str = "embedding images") -> np.ndarray:
         """[N, D] float32 embeddings of `paths`, computing only what the cache lacks."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.about and not (self.dir / "info.json").is_file():
+            atomic_write_json(self.dir / "info.json", self.about)
         digests = [self.file_digest(p) for p in paths]
         out: list[np.ndarray | None] = [None] * len(paths)
         todo = []

@@ -46,7 +46,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     spec = get_spec(cfg.backbone)
     preprocess = spec.preprocess("NCHW")
     backbone = PretrainedBackbone(spec, cfg.weights, cfg.cache_dir)
-    cache = EmbeddingCache(backbone.digest, backbone.module, preprocess, cfg.cache_dir)
+    cache = EmbeddingCache(backbone.digest, backbone.module, preprocess, cfg.cache_dir,
+                           about={"backbone": spec.name, "weights": backbone.origin, "preprocess": preprocess.to_dict()})
     # Files whose content is already embedded decoded fine before: the scan skips re-decoding them.
     split = load_split(data, cfg.val_split, cfg.seed, known_good=cache.contains)
     log.info("data '%s' (%s): %d classes, %d train, %d val images", split.root, split.layout, len(split.labels),
