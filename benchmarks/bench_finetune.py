@@ -4,8 +4,8 @@ embedding-cache speed-up, each a real `edgetl finetune` process.
     .venv/bin/python benchmarks/bench_finetune.py                     # everything (long)
     .venv/bin/python benchmarks/bench_finetune.py --only h-lin --only h-lin-cached --repeat 5
 
-A "warm" case reuses the cache the case before it filled; its speed-up is the wall time of
-that cold run over its own.
+A "warm" case reuses the cache the case before it filled; when it runs the same command as
+that cold case (h-lin-cached), its speed-up is the cold run's wall time over its own.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ CASES = {
 @click.option("--results", default=str(REPO / "benchmarks" / "results-finetune.json"), show_default=True)
 def main(only, runs_dir, repeat, results):
     cache_root = Path(tempfile.mkdtemp(prefix="edgetl-bench-cache-"))
-    rows, cache, cold_wall = [], None, None
+    rows, cache, cold = [], None, (None, None)
     for rep, name in ((r, n) for r in range(repeat) for n in (only or CASES)):
         data, args, mode = CASES[name]
         if mode == "cold" or cache is None:
@@ -58,7 +58,7 @@ def main(only, runs_dir, repeat, results):
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        cold_wall = wall if mode == "cold" else cold_wall
+        cold = (args, wall) if mode == "cold" else cold
         if proc.returncode != 0:
             sys.exit(f"{name} failed: {proc.stderr.strip().splitlines()[-1]}")
         m = json.loads((out / "metrics.json").read_text())
@@ -66,7 +66,7 @@ def main(only, runs_dir, repeat, results):
                      "correct": round(m["top1"] * m["n"]), "n": m["n"], "wall_s": wall,
                      "embed_s": m["seconds"]["embedding"], "cache": mode,
                      "epochs": sum(h["phase"] == m["strategy"] for h in m["history"]),  # of the final phase
-                     "speedup": cold_wall / wall if mode == "warm" and cold_wall else None,
+                     "speedup": cold[1] / wall if mode == "warm" and cold[0] == args else None,
                      "command": " ".join(cmd[1:])})
     table = Table(title="edgetl finetune (2 vCPU x86_64, no GPU)")
     for col in ("case", "strategy", "top1", "correct/n", "balanced", "epochs", "wall s", "embedding s", "cache",

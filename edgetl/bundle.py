@@ -1,12 +1,16 @@
 """Per-device bundles: write atomically, load with every file's sha256 verified (torch-free).
 
 A bundle directory holds `manifest.json` and the files it lists (backbone model, head.npz,
-labels.txt, optional reference embeddings). The device-owned `heads/` store lives beside
-them and is verified by its own index, not by the manifest.
+labels.txt, optional reference embeddings). The manifest carries the sha256 of every file and
+of its own content (`manifest_sha256`), so an edited preprocess block or label list is refused
+like a flipped byte in the model. This catches accidents and casual edits, not an attacker who
+recomputes the digests: that needs signing. The device-owned `heads/` store lives beside them
+and is verified by its own index, not by the manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +27,13 @@ REQUIRED_KEYS = ("schema", "target", "precision", "backend", "files", "preproces
 
 class BundleError(EdgetlError):
     pass
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's content without its own digest, in canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def write_bundle(out_dir: str | Path, manifest: dict, files: dict[str, str | Path]) -> Path:
@@ -45,6 +56,7 @@ def write_bundle(out_dir: str | Path, manifest: dict, files: dict[str, str | Pat
         missing = [k for k in REQUIRED_KEYS if k not in manifest]
         if missing:
             raise BundleError(f"internal: manifest lacks {missing}")
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         atomic_write_json(stage / MANIFEST, manifest)
         fsync_dir(stage)
         if out_dir.exists():
@@ -76,6 +88,9 @@ def read_manifest(bundle_dir: str | Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"'{path}' lacks {', '.join(missing)}; re-export the bundle")
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise BundleError(f"'{path}' does not match its manifest_sha256: it was edited after export "
+                          "(preprocess, labels, metrics or file list); re-export the bundle")
     return manifest
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.bundle import BundleError, load_manifest
+from edgetl.bundle import BundleError, load_manifest, manifest_digest
+from edgetl.fsutil import sha256_file
 from edgetl.runtime.predictor import Predictor
 from tests.conftest import DEMO
 from tests.tflite_fixtures import DEVICE, run_cli
@@ -20,10 +21,14 @@ def bundle(int8_bundle, tmp_path) -> Path:
     return Path(shutil.copytree(int8_bundle, tmp_path / "bundle"))
 
 
-def edit_manifest(bundle: Path, change) -> None:
+def edit_manifest(bundle: Path, change, redigest: bool = False) -> None:
+    """Edit the manifest; with `redigest`, also recompute its own sha256 (a deliberate edit
+    that the file digests must still catch)."""
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text())
     change(manifest)
+    if redigest:
+        manifest["manifest_sha256"] = manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
 
 
@@ -56,14 +61,25 @@ def test_missing_file_is_refused(bundle):
         Predictor.open(bundle)
 
 
-def test_edited_manifest_is_refused(bundle):
-    edit_manifest(bundle, lambda m: m["files"].update({"backbone.tflite": "0" * 64}))
-    with pytest.raises(BundleError, match="backbone.tflite' does not match"):
+@pytest.mark.parametrize("edit", [
+    lambda m: m["preprocess"].update(mean=[0.0, 0.0, 0.0]),
+    lambda m: m.update(labels=list(reversed(m["labels"]))),
+    lambda m: m["metrics"].update(top1=1.0),
+])
+def test_edited_manifest_is_refused(bundle, edit):
+    edit_manifest(bundle, edit)
+    with pytest.raises(BundleError, match="manifest.json' does not match its manifest_sha256"):
         Predictor.open(bundle)
 
 
-def test_edited_labels_are_refused(bundle):
-    edit_manifest(bundle, lambda m: m.update(labels=list(reversed(m["labels"]))))
+def test_redigested_manifest_edits_are_still_caught(bundle):
+    edit_manifest(bundle, lambda m: m["files"].update({"backbone.tflite": "0" * 64}), redigest=True)
+    with pytest.raises(BundleError, match="backbone.tflite' does not match"):
+        Predictor.open(bundle)
+    edit_manifest(bundle, lambda m: m["files"].update({"backbone.tflite": sha256_file(bundle / "backbone.tflite")}),
+                  redigest=True)
+    Predictor.open(bundle)  # restored
+    edit_manifest(bundle, lambda m: m.update(labels=list(reversed(m["labels"]))), redigest=True)
     with pytest.raises(BundleError, match="labels.txt' differs"):
         Predictor.open(bundle)
 
@@ -91,9 +107,7 @@ def test_head_shape_mismatch_is_refused(bundle):
     """A head that does not fit the backbone is refused even when its sha256 is consistent."""
     import numpy as np
 
-    from edgetl.fsutil import sha256_file
-
     np.savez(bundle / "head.npz", weight=np.zeros((3, 7), np.float32), bias=np.zeros(3, np.float32))
-    edit_manifest(bundle, lambda m: m["files"].update({"head.npz": sha256_file(bundle / "head.npz")}))
+    edit_manifest(bundle, lambda m: m["files"].update({"head.npz": sha256_file(bundle / "head.npz")}), redigest=True)
     with pytest.raises(BundleError, match=r"head.*expected"):
         Predictor.open(bundle)

@@ -37,7 +37,7 @@ def load_factory_head(bundle_dir: str | Path, manifest: dict) -> tuple[np.ndarra
     labels = list(manifest["labels"])
     labels_file = Path(bundle_dir) / "labels.txt"
     if "labels.txt" in manifest.get("files", {}) and labels_file.read_text(encoding="utf-8").splitlines() != labels:
-        # labels.txt is covered by a sha256; manifest.json is not, so an edited label list shows here.
+        # Only reachable when the manifest was edited and its own digest recomputed.
         raise BundleError(f"'{Path(bundle_dir) / 'manifest.json'}' lists labels {labels} but the verified "
                           f"'{labels_file}' differs; the manifest was edited: re-export the bundle")
     dim = int(manifest["model"]["embedding_dim"])
