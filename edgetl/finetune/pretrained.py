@@ -88,7 +88,3 @@ class PretrainedBackbone:
             self._module = create_architecture(self.spec.name)
             self._module.load_state_dict(self._state, strict=True)
         return self._module
-
-    @property
-    def built(self) -> bool:
-        return self._module is not None
