@@ -91,11 +91,33 @@ def test_partial_and_full_train_and_are_deterministic(tmp_path):
     w2 = torch.load(tmp_path / "p2" / "model.pt", weights_only=True)["backbone_state"]
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     full = finetune(data, tmp_path / "f", FinetuneConfig(strategy="full", epochs=1, batch_size=8, l2sp=0.01))
-    assert full["strategy"] == "full"
-    # full fine-tuning really moved the stem; partial did not
-    pretrained = torch.load(tmp_path / "p1" / "model.pt", weights_only=True)["backbone_state"]["conv_stem.weight"]
-    moved = torch.load(tmp_path / "f" / "model.pt", weights_only=True)["backbone_state"]["conv_stem.weight"]
-    assert not torch.equal(pretrained, moved)
+    assert full["strategy"] == "full" and full["history"][-1]["phase"] == "full"
+
+
+def test_full_trains_the_stem_and_partial_only_the_top():
+    from edgetl.backbones import create_architecture
+    from edgetl.finetune.strategies import freeze_for
+
+    backbone = create_architecture("tf_efficientnet_lite0")
+    freeze_for("partial", backbone, 2)
+    assert backbone.conv_head.weight.requires_grad and not backbone.conv_stem.weight.requires_grad
+    freeze_for("full", backbone, 2)
+    assert all(p.requires_grad for p in backbone.parameters())
+
+
+def test_fine_tuning_never_returns_worse_than_its_linear_probe(tmp_path, caplog):
+    """A learning rate that wrecks the backbone: no epoch beats the probe, so the probe is kept."""
+    data = _small_two_class_copy(tmp_path)
+    probe = finetune(data, tmp_path / "lin", FinetuneConfig(strategy="linear", seed=3))
+    with caplog.at_level("WARNING", logger="edgetl"):
+        wrecked = finetune(data, tmp_path / "wreck", FinetuneConfig(strategy="partial", lr=50.0, epochs=2, patience=2,
+                                                                    batch_size=8, seed=3))
+    assert "keeping the linear-probe model" in caplog.text
+    assert wrecked["strategy"] == "partial" and wrecked["kept_phase"] == "linear"
+    assert wrecked["top1"] == probe["top1"]
+    kept = torch.load(tmp_path / "wreck" / "model.pt", weights_only=True)["backbone_state"]
+    pretrained = torch.load(tmp_path / "lin" / "model.pt", weights_only=True)["backbone_state"]
+    assert all(torch.equal(kept[k], pretrained[k]) for k in pretrained)
 
 
 def test_bad_files_are_reported_by_name_and_good_ones_used(tmp_path):

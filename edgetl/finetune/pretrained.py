@@ -50,7 +50,8 @@ class PretrainedBackbone:
             key = hashlib.sha256(f"{SNAPSHOT_FORMAT}|{spec.arch}|{sha256_file(path)}".encode()).hexdigest()[:24]
             self._snapshot = Path(cache_dir or default_cache_dir()) / "backbones" / f"{key}.pt"
         if not self._load_snapshot():
-            self._module, self.origin = create_backbone(spec.name, weights)
+            with torch.random.fork_rng(devices=[]):  # see module()
+                self._module, self.origin = create_backbone(spec.name, weights)
             self.digest = state_digest(self._module.state_dict())
             self._save_snapshot()
 
@@ -85,6 +86,10 @@ class PretrainedBackbone:
 
     def module(self) -> nn.Module:
         if self._module is None:
-            self._module = create_architecture(self.spec.name)
+            # timm initialises weights randomly before ours overwrite them; forking the RNG keeps
+            # that from shifting the seeded training that follows, which would make a run whose
+            # backbone came from the cache differ from one that built it.
+            with torch.random.fork_rng(devices=[]):
+                self._module = create_architecture(self.spec.name)
             self._module.load_state_dict(self._state, strict=True)
         return self._module

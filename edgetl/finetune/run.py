@@ -89,8 +89,13 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
         trainable = freeze_for(strategy, model.backbone, cfg.unfreeze)
         log.info("%s: top %d of %d backbone stages train; BatchNorm keeps its pretrained running statistics",
                  strategy, len(trainable), len(backbone_stages(model.backbone)))
+        probe = next(h for h in history if h.get("kept"))
         history += train_backbone(model, trainable, split.train, split.val, preprocess, cfg, epochs, lr, patience,
-                                  strategy)
+                                  strategy, start=(probe["val_balanced_accuracy"], probe["val_loss"]))
+        if not any(h.get("kept") for h in history if h["phase"] == strategy):
+            log.warning("%s: no epoch beat the linear probe it started from on the validation split (balanced "
+                        "accuracy %.4f); keeping the linear-probe model (backbone unchanged)", strategy,
+                        probe["val_balanced_accuracy"])
         logits = predict_logits(model, split.val, preprocess, cfg.batch_size)
 
     metrics = classification_metrics(val_y, logits.argmax(1), split.labels)
@@ -98,8 +103,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     save_run(out / "model.pt", spec=spec, labels=split.labels, preprocess=preprocess, weights_origin=backbone.origin,
              strategy=strategy, dropout=cfg.dropout, backbone_state=backbone.state_dict(), head=head)
     (out / "labels.txt").write_text("\n".join(split.labels) + "\n", encoding="utf-8")
-    best_epoch = next(h["epoch"] for h in history if h["phase"] == history[-1]["phase"] and h.get("kept"))
-    plot_history(history, out / "training_curve.png", f"{spec.name} · {strategy} · {split.root.name}", best_epoch)
+    kept = [h for h in history if h.get("kept")][-1]  # the fine-tuned epoch, else the probe's
+    plot_history(history, out / "training_curve.png", f"{spec.name} · {strategy} · {split.root.name}")
     metrics.update({
         "strategy": strategy,
         "strategy_reason": reason,
@@ -107,7 +112,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
         "weights": backbone.origin,
         "config": cfg.to_dict(),
         "history": history,
-        "best_epoch": best_epoch,
+        "best_epoch": kept["epoch"],
+        "kept_phase": kept["phase"],
         "selection": "early stopping on validation balanced accuracy (the same split these metrics use)",
         "seconds": {"embedding": t_embed, "linear_head": t_head, "total": time.perf_counter() - started},
         "data": split.describe(),

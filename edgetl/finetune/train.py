@@ -33,6 +33,11 @@ class EarlyStopping:
         self.best_epoch = -1
         self.best_state = None
 
+    def start_from(self, score: float, loss: float, module: nn.Module) -> None:
+        """Make the starting weights a candidate (epoch -1): training must beat them to count."""
+        self.best, self.best_epoch = (score, loss), -1
+        self.best_state = copy.deepcopy(module.state_dict())
+
     def update(self, score: float, loss: float, epoch: int, module: nn.Module) -> bool:
         """Record the epoch; True when training should stop."""
         best_score, best_loss = self.best
@@ -119,8 +124,15 @@ def predict_logits(model: nn.Module, items, preprocess, batch_size: int = 32) ->
 
 
 def train_backbone(model, trainable_stages, train_items, val_items, preprocess, cfg: FinetuneConfig,
-                   epochs: int, lr: float, patience: int, strategy: str) -> list[dict]:
-    """Fine-tune the trainable stages and the head on augmented images."""
+                   epochs: int, lr: float, patience: int, strategy: str,
+                   start: tuple[float, float] | None = None) -> list[dict]:
+    """Fine-tune the trainable stages and the head on augmented images.
+
+    `start` is the model's validation (balanced accuracy, loss) as it enters (the linear
+    probe's). The starting weights stay a candidate, so fine-tuning never hands back a model
+    that is worse on the validation split than the probe it began from; if no epoch beats
+    it, no history row is marked kept and the caller keeps the probe.
+    """
     num_classes = model.head.out_features
     l2sp_ref = None
     if cfg.l2sp > 0:
@@ -135,6 +147,8 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
                         generator=torch.Generator().manual_seed(cfg.seed), num_workers=0)
     val_y = np.array([c for _, c in val_items])
     stopper, history = EarlyStopping(patience), []
+    if start is not None:
+        stopper.start_from(*start, model)
     with progress() as bar:
         task = bar.add_task(f"{strategy} fine-tuning", total=epochs * len(loader))
         for epoch in range(epochs):
@@ -166,5 +180,6 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
                 bar.update(task, completed=epochs * len(loader))
                 break
     model.load_state_dict(stopper.best_state)
-    history[stopper.best_epoch]["kept"] = True
+    if stopper.best_epoch >= 0:
+        history[stopper.best_epoch]["kept"] = True
     return history

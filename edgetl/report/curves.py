@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_history(history: list[dict], path: Path, title: str, best_epoch: int | None = None) -> Path:
-    """`best_epoch` (of the last phase, the weights that were kept) is marked on both panels."""
+def plot_history(history: list[dict], path: Path, title: str) -> Path:
+    """The epoch whose weights were kept (the last row marked `kept`) is marked on both panels."""
     # Figure without pyplot: no GUI backend, no global state, and a faster import.
     from matplotlib.figure import Figure
 
@@ -22,9 +22,11 @@ def plot_history(history: list[dict], path: Path, title: str, best_epoch: int | 
         ax_acc.plot(x, [h["val_balanced_accuracy"] for h in rows], ":", label=f"{phase} val balanced")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
+    kept = [h for h in history if h.get("kept")]
     for ax in (ax_loss, ax_acc):
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="0.4", linewidth=0.8, linestyle="-.", label=f"kept: epoch {best_epoch}")
+        if kept:
+            ax.axvline(kept[-1]["epoch"], color="0.4", linewidth=0.8, linestyle="-.",
+                       label=f"kept: {kept[-1]['phase']} epoch {kept[-1]['epoch']}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
