@@ -18,7 +18,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from rich.table import Table
 from edgetl.ondevice.bundle import open_bundle
 from edgetl.ondevice.embedcache import embed_files
 from edgetl.ondevice.guardrail import accuracy
+from edgetl.ondevice.killtest import kill_retrain
 from edgetl.ondevice.store import HeadStore
 from edgetl.runtime.images import scan_images
 
@@ -146,13 +146,6 @@ def bench_retrain(bundle: Path, work: Path, new_class: Path) -> list[tuple]:
     ]
 
 
-def crash_leftovers(store: HeadStore) -> set[str]:
-    """Temp files and head files no index entry lists: what a kill mid-write leaves behind."""
-    listed = {e["file"] for e in store.index()["versions"]}
-    return {p.name for p in store.dir.iterdir()
-            if p.name.endswith(".tmp") or (p.suffix == ".npz" and p.name not in listed)}
-
-
 def bench_kills(bundle: Path, work: Path, new_class: Path, kills: int, seed: int) -> list[tuple]:
     b = fresh_copy(bundle, work, "kill")
     train = DATA / "hymenoptera_data" / "train"
@@ -160,62 +153,14 @@ def bench_kills(bundle: Path, work: Path, new_class: Path, kills: int, seed: int
         "ants": scan_images(train / "ants")[0][:10], "bees": scan_images(train / "bees")[0][:10],
         "sign 5": scan_images(new_class)[0][:10],
     })
-    cmd = [DEVICE_CLI, "retrain", str(b), str(data), "--force"]
-
-    def start():
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-
-    def wait_for(proc, text: str) -> None:
-        for line in proc.stderr:
-            if text in line:
-                return
-
-    t0 = time.monotonic()
-    proc = start()
-    wait_for(proc, "embedded,")
-    t1 = time.monotonic()
-    proc.communicate()
-    total, window = time.monotonic() - t0, time.monotonic() - t1
-    rng = random.Random(seed)
-    done = completed = leftovers = corrupt = 0
-    seen: set[str] = set()
-    while done < kills:
-        proc = start()
-        moment = rng.choice(["any", "fit", "write"])
-        if moment == "any":
-            delay = rng.uniform(0, 1.1 * total)
-        elif moment == "fit":
-            wait_for(proc, "embedded,")
-            delay = rng.uniform(0, 1.2 * window)
-        else:
-            wait_for(proc, "writing head version")
-            delay = rng.uniform(0, 0.01)
-        try:
-            proc.wait(timeout=delay)
-            completed += 1
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            done += 1
-        proc.stderr.close()
-        store = HeadStore(b)
-        if not store.exists():
-            continue
-        found = crash_leftovers(store)
-        leftovers += bool(found - seen)
-        seen = found
-        try:
-            store.load_active()
-            corrupt += bool(store.verify())
-        except Exception:  # anything at all counts as a corrupt store here
-            corrupt += 1
+    r = kill_retrain(DEVICE_CLI, b, data, kills, seed, ENV)
     return [
-        ("3 kill test", f"SIGKILLs during retrain (seed {seed}): anywhere, in the {window:.2f} s fit+write window, "
-         "or <= 10 ms into the head write",
-         f"{done} kills, {completed} runs completed", ">= 50", done >= 50),
-        ("3 kill test", "kills that left crash leftovers (temp / unindexed head file)", str(leftovers), "", True),
-        ("3 kill test", "corrupt stores after a kill (open, active loads, all versions intact)", str(corrupt), "0",
-         corrupt == 0),
+        ("3 kill test", f"SIGKILLs during retrain (seed {seed}): anywhere, in the {r.window_s:.2f} s fit+write "
+         "window, or <= 10 ms into the head write",
+         f"{r.kills} kills, {r.completed} runs completed", ">= 50", r.kills >= 50),
+        ("3 kill test", "kills that left crash leftovers (temp / unindexed head file)", str(r.leftovers), "", True),
+        ("3 kill test", "corrupt stores after a kill (open, active loads, all versions intact)", str(r.corrupt), "0",
+         r.corrupt == 0),
     ]
 
 

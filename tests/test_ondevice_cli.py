@@ -4,11 +4,6 @@ with torch/timm/onnx unimportable."""
 from __future__ import annotations
 
 import json
-import random
-import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -167,74 +162,16 @@ def test_tampered_active_head_is_refused_by_the_predictor(bundle):
     assert "problem" in result.stderr and "v0001.npz" in result.stderr
 
 
-def _check_store(bundle: Path) -> None:
-    """What must hold after any crash: the store opens, the active head loads, every listed
-    version is present and intact."""
-    from edgetl.ondevice.store import HeadStore
-
-    store = HeadStore(bundle)
-    if not store.exists():
-        return  # killed before the first index write: the factory head is in use
-    store.load_active()
-    assert store.verify() == []
-
-
 def test_sigkill_during_retrain_never_corrupts_the_store(bundle, tmp_path):
     """>= 50 SIGKILLs at seeded random moments: anywhere in the run, in the fit-guardrail-write
-    window, or within 10 ms after the head file write starts."""
+    window, or within 10 ms after the head file write starts; every 10 kills the store is
+    deleted so kills also land while it is created."""
+    from edgetl.ondevice.killtest import kill_retrain, store_is_sound
+
     data = make_class_folders(tmp_path / "data", {"3": _local("3"), "4": _local("4"), NEW_CLASS: ANTS[:10]})
-    cmd = [DEVICE_CLI, "retrain", str(bundle), str(data), "--force"]
-
-    def start():
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=DEVICE_ENV)
-
-    def wait_for(proc, text: str) -> None:
-        for line in proc.stderr:
-            if text in line:
-                return
-
-    t0 = time.monotonic()
-    proc = start()
-    wait_for(proc, "embedded,")  # logged just before fitting starts
-    t1 = time.monotonic()
-    proc.communicate()
-    total, window = time.monotonic() - t0, time.monotonic() - t1
-    assert proc.returncode == 0
-
-    rng = random.Random(20261125)
-    kills = completed = leftovers = 0
-    seen: set[str] = set()
-    while kills < 50:
-        if kills % 10 == 0:
-            shutil.rmtree(bundle / "heads", ignore_errors=True)  # also kill during store creation
-        proc = start()
-        moment = rng.choice(["any", "fit", "write"])
-        if moment == "any":
-            delay = rng.uniform(0, 1.1 * total)
-        elif moment == "fit":
-            wait_for(proc, "embedded,")
-            delay = rng.uniform(0, 1.2 * window)
-        else:
-            wait_for(proc, "writing head version")  # logged just before the head file is written
-            delay = rng.uniform(0, 0.01)
-        try:
-            proc.wait(timeout=delay)
-            completed += 1
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        proc.stderr.close()
-        heads = bundle / "heads"
-        if (heads / "index.json").exists():
-            listed = {e["file"] for e in json.loads((heads / "index.json").read_text())["versions"]}
-            found = {p.name for p in heads.iterdir()
-                     if p.name.endswith(".tmp") or (p.suffix == ".npz" and p.name not in listed)}
-            leftovers += bool(found - seen)  # new leftovers: this kill landed mid-write
-            seen = found
-        _check_store(bundle)
-    print(f"kill test: {kills} kills, {completed} completed runs, {leftovers} kills left new crash "
-          f"leftovers (run {total:.2f}s, fit+write window {window:.2f}s)")
+    report = kill_retrain(DEVICE_CLI, bundle, data, kills=50, seed=20261125, env=DEVICE_ENV, reset_every=10)
+    print(report)
+    assert report.kills == 50 and report.corrupt == 0
     result = device("retrain", bundle, data, "--force")  # and the store still takes new versions
     assert result.returncode == 0, result.stderr
-    _check_store(bundle)
+    assert store_is_sound(bundle)
