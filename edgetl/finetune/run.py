@@ -71,8 +71,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     t_embed = time.perf_counter() - t0
     train_y = [c for _, c in split.train]
     val_y = [c for _, c in split.val]
-    # Reseed: the head and training must not depend on whether building the backbone
-    # (skipped on a fully cached run) consumed random numbers.
+    # Reseed: the head and training start from the same random state whatever ran before, so a
+    # run from the cache matches the run that filled it (building the backbone forks the RNG too).
     seed_everything(cfg.seed)
     head = nn.Linear(spec.embedding_dim, len(split.labels))
     lp = DEFAULTS["linear"]
