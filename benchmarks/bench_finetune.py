@@ -3,6 +3,7 @@ embedding-cache speed-up, each a real `edgetl finetune` process.
 
     .venv/bin/python benchmarks/bench_finetune.py                     # everything (long)
     .venv/bin/python benchmarks/bench_finetune.py --only h-lin --only h-lin-cached --repeat 5
+    .venv/bin/python benchmarks/bench_finetune.py --only h-lin --only h-partial --seed 0 --seed 1 --seed 2
 
 A "warm" case reuses the cache the case before it filled; when it runs the same command as
 that cold case (h-lin-cached), its speed-up is the cold run's wall time over its own.
@@ -44,12 +45,19 @@ CASES = {
 @click.option("--only", multiple=True, type=click.Choice(list(CASES)), help="Run only these cases.")
 @click.option("--runs-dir", default=str(REPO / "runs"), show_default=True, help="Where the runs are written.")
 @click.option("--repeat", default=1, show_default=True, help="Run the chosen cases this many times over.")
+@click.option("--seed", "seeds", multiple=True, type=int,
+              help="Run the chosen cases once per seed (replaces a case's own --seed); repeatable.")
 @click.option("--results", default=str(REPO / "benchmarks" / "results-finetune.json"), show_default=True)
-def main(only, runs_dir, repeat, results):
+def main(only, runs_dir, repeat, seeds, results):
     cache_root = Path(tempfile.mkdtemp(prefix="edgetl-bench-cache-"))
     rows, cache, cold = [], None, (None, None)
-    for rep, name in ((r, n) for r in range(repeat) for n in (only or CASES)):
-        data, args, mode = CASES[name]
+    runs = [(r, seed, n) for r in range(repeat) for seed in (seeds or [None]) for n in (only or CASES)]
+    for rep, seed, base_name in runs:
+        data, args, mode = CASES[base_name]
+        name = base_name
+        if seed is not None:
+            args = [a for i, a in enumerate(args) if a != "--seed" and (i == 0 or args[i - 1] != "--seed")]
+            args, name = [*args, "--seed", str(seed)], f"{base_name}-s{seed}"
         if mode == "cold" or cache is None:
             cache = cache_root / f"{name}-{rep}"
         out = Path(runs_dir) / name
