@@ -12,21 +12,25 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
 
     fig = Figure(figsize=(10, 3.8))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    phases = list(dict.fromkeys(h["phase"] for h in history))
-    for phase in phases:
+    # Phases run one after another (linear probe, then partial/full): each continues the x axis.
+    start, kept_x, kept = 0, None, None
+    for phase in dict.fromkeys(h["phase"] for h in history):
         rows = [h for h in history if h["phase"] == phase]
-        x = [h["epoch"] for h in rows]
+        x = [start + i for i in range(len(rows))]
         ax_loss.plot(x, [h["train_loss"] for h in rows], label=f"{phase} train")
         ax_loss.plot(x, [h["val_loss"] for h in rows], "--", label=f"{phase} val")
         ax_acc.plot(x, [h["val_top1"] for h in rows], label=f"{phase} val top1")
         ax_acc.plot(x, [h["val_balanced_accuracy"] for h in rows], ":", label=f"{phase} val balanced")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
-    kept = [h for h in history if h.get("kept")]
+        for xi, h in zip(x, rows):
+            if h.get("kept"):
+                kept_x, kept = xi, h  # the last phase's kept epoch wins
+        start += len(rows)
+    ax_loss.set(xlabel="epoch (phases in sequence)", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch (phases in sequence)", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
-        if kept:
-            ax.axvline(kept[-1]["epoch"], color="0.4", linewidth=0.8, linestyle="-.",
-                       label=f"kept: {kept[-1]['phase']} epoch {kept[-1]['epoch']}")
+        if kept is not None:
+            ax.axvline(kept_x, color="0.4", linewidth=0.8, linestyle="-.",
+                       label=f"kept: {kept['phase']} epoch {kept['epoch']}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
