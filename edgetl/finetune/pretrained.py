@@ -80,9 +80,7 @@ class PretrainedBackbone:
 
     def state_dict(self) -> dict:
         """The current weights: the trained module's once built, else the pretrained ones."""
-        if self._module is not None:
-            return {k: v.detach().cpu() for k, v in self._module.state_dict().items()}
-        return self._state
+        return self._module.state_dict() if self._module is not None else self._state
 
     def module(self) -> nn.Module:
         if self._module is None:
