@@ -22,8 +22,6 @@ class FinetuneConfig:
     dropout: float = 0.2
     label_smoothing: float = 0.1
     augment: str = "light"
-    warmup_epochs: float = 0.0  # partial/full: linear lr warm-up before the cosine decay
-    ema: float = 0.0  # partial/full: > 0 keeps an exponential moving average of the weights (decay per step)
     l2sp: float = 0.0  # > 0: penalty toward the pretrained weights instead of weight decay
     patience: int | None = None
     val_split: float = 0.2

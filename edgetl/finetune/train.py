@@ -123,21 +123,6 @@ def predict_logits(model: nn.Module, items, preprocess, batch_size: int = 32) ->
     return np.concatenate(out)
 
 
-def warmup_cosine(warmup_steps: float, total_steps: int):
-    """lr factor per optimizer step: linear warm-up, then cosine to zero.
-
-    The warm-up is for Adam: its first bias-corrected steps move every weight by about the
-    full lr whatever the gradient, which knocks a converged probe head and the pretrained
-    top stages off the solution they start from (Liu et al., 2020, on Adam's early variance).
-    """
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
-        return 0.5 * (1.0 + np.cos(np.pi * min(1.0, progress)))
-    return factor
-
-
 def train_backbone(model, trainable_stages, train_items, val_items, preprocess, cfg: FinetuneConfig,
                    epochs: int, lr: float, patience: int, strategy: str,
                    start: tuple[float, float] | None = None) -> list[dict]:
@@ -155,22 +140,15 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
     groups = param_groups(model, trainable_stages, lr, cfg.backbone_lr_ratio, cfg.layer_decay, cfg.weight_decay,
                           l2sp=l2sp_ref is not None)
     opt = torch.optim.AdamW(groups)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     transform = train_transform(preprocess, cfg.augment)
     loader = DataLoader(ImageDataset(train_items, preprocess, transform), batch_size=cfg.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed), num_workers=0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_epochs * len(loader), epochs * len(loader)))
-    # Weight averaging: evaluation, early stopping and the saved model use the running average.
-    # BatchNorm statistics are frozen, so the average needs no BN re-estimation pass.
-    averaged = None
-    if cfg.ema > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-    judged = averaged.module if averaged is not None else model
     val_y = np.array([c for _, c in val_items])
     stopper, history = EarlyStopping(patience), []
     if start is not None:
-        stopper.start_from(*start, judged)
+        stopper.start_from(*start, model)
     with progress() as bar:
         task = bar.add_task(f"{strategy} fine-tuning", total=epochs * len(loader))
         for epoch in range(epochs):
@@ -185,13 +163,11 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                sched.step()
-                if averaged is not None:
-                    averaged.update_parameters(model)
                 total += loss.item() * len(y)
                 seen += len(y)
                 bar.advance(task)
-            logits = predict_logits(judged, val_items, preprocess, cfg.batch_size)
+            sched.step()
+            logits = predict_logits(model, val_items, preprocess, cfg.batch_size)
             pred = logits.argmax(1)
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y)))
             bacc = balanced_accuracy(val_y, pred, num_classes)
@@ -200,7 +176,7 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
                             "seconds": time.perf_counter() - t0})
             bar.console.log(f"epoch {epoch}: train loss {total / seen:.3f}, val top1 {history[-1]['val_top1']:.3f}, "
                             f"balanced {bacc:.3f}")
-            if stopper.update(bacc, val_loss, epoch, judged):
+            if stopper.update(bacc, val_loss, epoch, model):
                 bar.update(task, completed=epochs * len(loader))
                 break
     model.load_state_dict(stopper.best_state)
