@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -26,11 +27,16 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
                 kept_x, kept = xi, h  # the last phase's kept epoch wins
         start += len(rows)
     ax_loss.set(xlabel="epoch (phases in sequence)", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch (phases in sequence)", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
+    # Zoom to the accuracies reached: on a 0-1 axis a one-image difference between epochs
+    # (what decides which one is kept) is invisible.
+    lowest = min(min(h["val_top1"], h["val_balanced_accuracy"]) for h in history)
+    floor = max(0.0, math.floor((lowest - 0.02) * 20) / 20)
+    ax_acc.set(xlabel="epoch (phases in sequence)", ylabel="accuracy", title="validation accuracy",
+               ylim=(floor, 1.0 + (1.0 - floor) * 0.02))
     for ax in (ax_loss, ax_acc):
         if kept is not None:
             ax.axvline(kept_x, color="0.4", linewidth=0.8, linestyle="-.",
-                       label=f"kept: {kept['phase']} epoch {kept['epoch']}")
+                       label=f"kept: {kept['phase']} epoch {kept['epoch']} (top1 {kept['val_top1']:.4f})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
