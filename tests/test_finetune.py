@@ -94,6 +94,33 @@ def test_partial_and_full_train_and_are_deterministic(tmp_path):
     assert full["strategy"] == "full" and full["history"][-1]["phase"] == "full"
 
 
+def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights(tmp_path):
+    """Same data, seed and (large) lr: with L2-SP the trained backbone ends far closer to where it
+    started than with plain weight decay."""
+    from edgetl.backbones import get_spec
+    from edgetl.finetune.pretrained import PretrainedBackbone
+    from edgetl.finetune.strategies import freeze_for
+    from edgetl.finetune.train import train_backbone
+    from edgetl.model import Classifier
+
+    split = load_split(_small_two_class_copy(tmp_path), 0.25, 0)
+    spec = get_spec("tf_efficientnet_lite0")
+
+    def drift(l2sp: float) -> float:
+        torch.manual_seed(0)
+        backbone = PretrainedBackbone(spec).module()  # a fresh pretrained copy each time
+        model = Classifier(backbone, spec.embedding_dim, len(split.labels), 0.0)
+        before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+        trainable = freeze_for("full", model.backbone, 0)
+        cfg = FinetuneConfig(batch_size=4, l2sp=l2sp, augment="none", seed=0)
+        train_backbone(model, trainable, split.train, split.val, spec.preprocess("NCHW"), cfg, epochs=2, lr=1e-2,
+                       patience=5, strategy="full")
+        return float(sum(((p.detach() - before[n]) ** 2).sum() for n, p in model.backbone.named_parameters()))
+
+    plain, anchored = drift(0.0), drift(1e4)
+    assert plain > 0 and anchored < 0.5 * plain, (plain, anchored)
+
+
 def test_full_trains_the_stem_and_partial_only_the_top():
     from edgetl.backbones import create_architecture
     from edgetl.finetune.strategies import freeze_for
