@@ -56,3 +56,30 @@ def test_batchnorm_statistics_stay_pretrained_while_its_affine_trains(lite0):
     opt.step()
     assert torch.equal(bn.running_mean, stats_before[0]) and torch.equal(bn.running_var, stats_before[1])
     assert not torch.equal(bn.weight.detach(), scale_before)
+
+
+def test_chunked_channels_last_step_matches_the_whole_batch():
+    """cpu.py runs a batch as channels-last chunks; with BatchNorm frozen its gradients are the
+    batch's, up to float rounding (the NHWC kernels sum in another order)."""
+    from edgetl.finetune.cpu import as_input, channels_last, chunks
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 96, 96), torch.tensor([0, 1, 0, 1, 1, 0])
+
+    def gradients(chunk: int, nhwc: bool) -> dict:
+        torch.manual_seed(1)
+        model = Classifier(create_architecture("tf_efficientnet_lite0"), 1280, 2)
+        freeze_for("partial", model.backbone, 2)
+        set_train_mode(model)
+        if nhwc:
+            channels_last(model)
+        for part in chunks(len(y), chunk):  # 6 as 4 + 2: unequal chunks are weighted by size
+            xi = as_input(x[part]) if nhwc else x[part]
+            (nn.functional.cross_entropy(model(xi), y[part]) * (len(y[part]) / len(y))).backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    whole, chunked = gradients(6, nhwc=False), gradients(4, nhwc=True)
+    assert whole.keys() == chunked.keys() and len(whole) > 2
+    for name, grad in whole.items():
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(chunked[name], grad, rtol=0, atol=1e-5 * scale, msg=name)

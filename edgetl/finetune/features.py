@@ -17,6 +17,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from edgetl.clikit import stderr
+from edgetl.finetune.cpu import as_input, channels_last, chunks
 from edgetl.fsutil import atomic_write_json, sha256_file
 from edgetl.runtime.preprocess import Preprocess
 
@@ -57,7 +58,7 @@ class EmbeddingCache:
         """True when `path`'s content was embedded before, so it is known to decode."""
         return (self.dir / f"{self.file_digest(path)}.npy").is_file()
 
-    def embed(self, paths: list[Path], batch_size: int = 32, label: str = "embedding images") -> np.ndarray:
+    def embed(self, paths: list[Path], label: str = "embedding images") -> np.ndarray:
         """[N, D] float32 embeddings of `paths`, computing only what the cache lacks."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.about and not (self.dir / "info.json").is_file():
@@ -75,12 +76,12 @@ class EmbeddingCache:
                     pass  # a torn cache entry is recomputed
             todo.append(i)
         if todo:
-            backbone = self.backbone().eval()
+            backbone = channels_last(self.backbone().eval())
             with progress() as bar, torch.inference_mode():
                 task = bar.add_task(f"{label} ({len(paths) - len(todo)} cached)", total=len(todo))
-                for start in range(0, len(todo), batch_size):
-                    chunk = todo[start:start + batch_size]
-                    x = torch.from_numpy(self.preprocess.batch([paths[i] for i in chunk]))
+                for part in chunks(len(todo)):
+                    chunk = todo[part]
+                    x = as_input(torch.from_numpy(self.preprocess.batch([paths[i] for i in chunk])))
                     emb = backbone(x).numpy().astype(np.float32)
                     for i, e in zip(chunk, emb):
                         out[i] = e

@@ -66,8 +66,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     # for `linear`, and for partial/full it gives the head a sane start so the first
     # backbone updates are not driven by a random head (LP-FT, Kumar et al., 2022).
     t0 = time.perf_counter()
-    train_x = cache.embed([p for p, _ in split.train], cfg.batch_size, "embedding train images")
-    val_x = cache.embed([p for p, _ in split.val], cfg.batch_size, "embedding val images")
+    train_x = cache.embed([p for p, _ in split.train], "embedding train images")
+    val_x = cache.embed([p for p, _ in split.val], "embedding val images")
     t_embed = time.perf_counter() - t0
     train_y = [c for _, c in split.train]
     val_y = [c for _, c in split.val]
@@ -96,7 +96,7 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
             log.warning("%s: no epoch beat the linear probe it started from on the validation split (balanced "
                         "accuracy %.4f); keeping the linear-probe model (backbone unchanged)", strategy,
                         probe["val_balanced_accuracy"])
-        logits = predict_logits(model, split.val, preprocess, cfg.batch_size)
+        logits = predict_logits(model, split.val, preprocess)
 
     metrics = classification_metrics(val_y, logits.argmax(1), split.labels)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from edgetl.data import ImageDataset, train_transform
 from edgetl.finetune.config import FinetuneConfig
+from edgetl.finetune.cpu import CHUNK, as_input, channels_last, chunks
 from edgetl.finetune.features import progress
 from edgetl.finetune.strategies import param_groups, set_train_mode
 from edgetl.metrics import balanced_accuracy
@@ -113,13 +114,13 @@ def train_head(head: nn.Linear, dropout: float, train_x, train_y, val_x, val_y, 
     return history
 
 
-def predict_logits(model: nn.Module, items, preprocess, batch_size: int = 32) -> np.ndarray:
-    model.eval()
-    loader = DataLoader(ImageDataset(items, preprocess), batch_size=batch_size, shuffle=False)
+def predict_logits(model: nn.Module, items, preprocess) -> np.ndarray:
+    channels_last(model).eval()
+    loader = DataLoader(ImageDataset(items, preprocess), batch_size=CHUNK, shuffle=False)
     out = []
     with torch.inference_mode():
         for x, _ in loader:
-            out.append(model(x).numpy())
+            out.append(model(as_input(x)).numpy())
     return np.concatenate(out)
 
 
@@ -134,6 +135,7 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
     it, no history row is marked kept and the caller keeps the probe.
     """
     num_classes = model.head.out_features
+    channels_last(model)  # before the optimiser and the L2-SP reference capture the parameters
     l2sp_ref = None
     if cfg.l2sp > 0:
         l2sp_ref = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if p.requires_grad}
@@ -156,18 +158,23 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
             set_train_mode(model)
             total, seen = 0.0, 0
             for x, y in loader:
-                loss = loss_fn(model(x), y)
-                if l2sp_ref is not None:
-                    loss = loss + 0.5 * cfg.l2sp * sum(((p - l2sp_ref[n]) ** 2).sum()
-                                                       for n, p in model.backbone.named_parameters() if n in l2sp_ref)
                 opt.zero_grad()
-                loss.backward()
+                batch_loss = 0.0
+                for part in chunks(len(y)):  # gradients of the chunks add up to the batch's (cpu.py)
+                    loss = loss_fn(model(as_input(x[part])), y[part]) * (len(y[part]) / len(y))
+                    loss.backward()
+                    batch_loss += loss.item()
+                if l2sp_ref is not None:
+                    penalty = 0.5 * cfg.l2sp * sum(((p - l2sp_ref[n]) ** 2).sum()
+                                                   for n, p in model.backbone.named_parameters() if n in l2sp_ref)
+                    penalty.backward()
+                    batch_loss += penalty.item()
                 opt.step()
-                total += loss.item() * len(y)
+                total += batch_loss * len(y)
                 seen += len(y)
                 bar.advance(task)
             sched.step()
-            logits = predict_logits(model, val_items, preprocess, cfg.batch_size)
+            logits = predict_logits(model, val_items, preprocess)
             pred = logits.argmax(1)
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y)))
             bacc = balanced_accuracy(val_y, pred, num_classes)
