@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgetl.backbones import create_architecture
+from edgetl.backbones import BACKBONES, create_architecture
 from edgetl.errors import EdgetlError
 from edgetl.finetune.strategies import backbone_stages, freeze_for, param_groups, set_train_mode
 from edgetl.model import Classifier
@@ -83,3 +83,17 @@ def test_chunked_channels_last_step_matches_the_whole_batch():
     for name, grad in whole.items():
         scale = float(grad.abs().max())
         torch.testing.assert_close(chunked[name], grad, rtol=0, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_gives_the_same_output_channels_last(name):
+    from edgetl.finetune.cpu import as_input, channels_last
+
+    torch.manual_seed(0)
+    spec = BACKBONES[name]
+    model = Classifier(create_architecture(name), spec.embedding_dim, 3).eval()
+    x = torch.randn(2, 3, spec.size, spec.size)
+    with torch.no_grad():
+        reference = model(x)
+        nhwc = channels_last(model)(as_input(x))
+    torch.testing.assert_close(nhwc, reference, rtol=1e-4, atol=1e-5)
