@@ -60,7 +60,6 @@ def timed(step, repeat: int) -> tuple[float, float]:
 @click.option("--backbone", default="tf_efficientnet_lite0", show_default=True)
 @click.option("--repeat", default=4, show_default=True)
 def main(backbone: str, repeat: int) -> None:
-    torch.set_num_threads(torch.get_num_threads())
     table = Table(title=f"{backbone}: ms per image, {torch.get_num_threads()} threads, batch {BATCH}")
     for col in ("layout", "chunk", "inference", "(sys s)", "partial step", "full step", "(sys s)"):
         table.add_column(col, justify="right" if col != "layout" else "left")

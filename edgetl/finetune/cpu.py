@@ -4,8 +4,8 @@ oneDNN's convolutions (depthwise ones above all) run faster on NHWC than on NCHW
 And a 32-image batch at 224 px makes activations large enough that glibc maps and unmaps
 fresh pages for them on every layer: half the time went to the kernel zeroing memory.
 16-image chunks stay out of that. Measured by benchmarks/bench_cpu_forward.py (Lite0,
-2 vCPU, docs/benchmarks.md): forward 28.6 -> 11.5 ms/img, partial training step
-28.2 -> 17.0, full 68.9 -> 35.5.
+2 vCPU, docs/benchmarks.md): forward 26.0 -> 8.5 ms/img, partial training step
+24.0 -> 14.4, full 65.8 -> 37.3.
 
 Training keeps its batch size: a batch runs as chunks whose gradients add up to the
 batch's. That is exact here because BatchNorm is frozen (eval mode) in every strategy,
