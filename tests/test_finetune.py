@@ -139,7 +139,7 @@ def test_fine_tuning_never_returns_worse_than_its_linear_probe(tmp_path, caplog)
     with caplog.at_level("WARNING", logger="edgetl"):
         wrecked = finetune(data, tmp_path / "wreck", FinetuneConfig(strategy="partial", lr=50.0, epochs=2, patience=2,
                                                                     batch_size=8, seed=3))
-    assert "keeping the linear-probe model" in caplog.text
+    assert "keeping the linear-probe model" in caplog.text and "--strategy linear gives the same model" in caplog.text
     assert wrecked["strategy"] == "partial" and wrecked["kept_phase"] == "linear"
     assert wrecked["top1"] == probe["top1"]
     kept = torch.load(tmp_path / "wreck" / "model.pt", weights_only=True)["backbone_state"]
