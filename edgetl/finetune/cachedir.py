@@ -65,7 +65,7 @@ def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
 def clear_cache(cache_dir: str | Path | None = None) -> int:
     """Remove the embedding and backbone caches; returns the bytes freed."""
     root = Path(cache_dir or default_cache_dir())
-    freed = sum(e.bytes for e in cache_entries(root))
+    freed = sum(_bytes(root / sub) for sub in ("embeddings", "backbones") if (root / sub).is_dir())
     for sub in ("embeddings", "backbones"):
         shutil.rmtree(root / sub, ignore_errors=True)
     return freed
