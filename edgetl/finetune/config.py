@@ -11,6 +11,7 @@ STRATEGIES = ("auto", "linear", "partial", "full")
 class FinetuneConfig:
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "default"
+    input_size: int | None = None  # None: the backbone's default (224 for Lite0)
     strategy: str = "auto"
     unfreeze: int = 3  # partial: trainable stages counted from the top
     epochs: int | None = None  # None: the strategy's default

@@ -44,7 +44,9 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     out = Path(out)
     data = data_root(data)
     spec = get_spec(cfg.backbone)
-    preprocess = spec.preprocess("NCHW")
+    preprocess = spec.preprocess("NCHW", cfg.input_size)
+    log.info("%s: %d px input (resize to %d, centre crop)%s", spec.name, preprocess.size, preprocess.resize,
+             "" if preprocess.size == spec.size else f"; its pretrained size is {spec.size}")
     backbone = PretrainedBackbone(spec, cfg.weights, cfg.cache_dir)
     cache = EmbeddingCache(backbone.digest, backbone.module, preprocess, cfg.cache_dir,
                            about={"backbone": spec.name, "weights": backbone.origin, "preprocess": preprocess.to_dict()})
