@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import traceback
@@ -37,6 +38,17 @@ def run_group(group: click.Group) -> None:
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    try:
+        _run(group, debug)
+    finally:
+        # The process ends here. Freezing keeps the interpreter's final garbage collection
+        # from walking every object torch and matplotlib created: 0.2 s of each host command
+        # (a third of the shutdown). Outputs are written and closed by now; memory is freed
+        # by the OS either way.
+        gc.freeze()
+
+
+def _run(group: click.Group, debug: bool) -> None:
     try:
         group.main(standalone_mode=False)
     except click.exceptions.Abort:
