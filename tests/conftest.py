@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,24 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 HYMENOPTERA = SHARED_DATA / "hymenoptera_data"
 DIGITS = SHARED_DATA / "sign_language_digits"
 DEMO = REPO / "tests" / "data" / "sign-digits-demo"
+EDGETL = str(Path(sys.executable).with_name("edgetl"))
+DEVICE = str(Path(sys.executable).with_name("edgetl-device"))
 
-# Session fixtures for the exported TFLite bundles (int8_bundle, fp32_bundle).
+# 64 calibration images keep the INT8 test conversions short; the shipped recipes use 128.
+SMALL_RECIPE = """\
+name: small
+description: test recipe
+samples: 64
+method: minmax
+"""
+
+# Session fixtures for the exported bundles: TFLite (int8_bundle, fp32_bundle) and Jetson.
 pytest_plugins = ["tests.tflite_fixtures", "tests.jetson_fixtures"]
+
+
+def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run a real CLI process (EDGETL, DEVICE) and capture its output."""
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def needs_shared(path: Path):
@@ -37,3 +54,10 @@ def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "demo-linear"
     finetune(DEMO, out, FinetuneConfig(strategy="linear", epochs=150, seed=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipes") / "small.yaml"
+    path.write_text(SMALL_RECIPE)
+    return path

@@ -4,27 +4,11 @@ QDQ INT8 version calibrated on real demo images, and a real int8 bundle from the
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO
-
-EDGETL = str(Path(sys.executable).with_name("edgetl"))
-DEVICE = str(Path(sys.executable).with_name("edgetl-device"))
-
-JETSON_RECIPE = """\
-name: jetson-small
-description: test recipe (64 images keep the test calibration short; shipped recipes use 128)
-samples: 64
-method: minmax
-"""
-
-
-def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+from tests.conftest import DEMO, EDGETL, run_cli
 
 
 def demo_images(per_class: int, offset: int = 0) -> list[Path]:
@@ -61,14 +45,7 @@ def qdq(fp32_onnx, lite0, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def jetson_recipe(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipes") / "jetson-small.yaml"
-    path.write_text(JETSON_RECIPE)
-    return path
-
-
-@pytest.fixture(scope="session")
-def orin_int8_bundle(trained_run, jetson_recipe, tmp_path_factory) -> Path:
+def orin_int8_bundle(trained_run, small_recipe, tmp_path_factory) -> Path:
     """`edgetl export RUN --target jetson-orin-nano --precision int8` through the real CLI.
 
     The demo validation split has 50 images (one image = 2 points, above the 1-point
@@ -76,6 +53,6 @@ def orin_int8_bundle(trained_run, jetson_recipe, tmp_path_factory) -> Path:
     INT8 drop on the real data sets."""
     out = tmp_path_factory.mktemp("dist") / "orin-int8"
     proc = run_cli(EDGETL, "export", trained_run, "--target", "jetson-orin-nano", "--precision", "int8",
-                   "--calib-recipe", jetson_recipe, "--allow-accuracy-drop", "--out", out)
+                   "--calib-recipe", small_recipe, "--allow-accuracy-drop", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

@@ -13,7 +13,7 @@ from edgetl.bundle import BundleError, load_manifest, manifest_digest
 from edgetl.fsutil import sha256_file
 from edgetl.runtime.predictor import Predictor
 from tests.conftest import DEMO
-from tests.tflite_fixtures import DEVICE, run_cli
+from tests.conftest import DEVICE, run_cli
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from PIL import Image
 from edgetl.bundle import load_manifest
 from edgetl.runtime.predictor import Predictor
 from tests.conftest import DEMO
-from tests.tflite_fixtures import EDGETL, run_cli
+from tests.conftest import EDGETL, run_cli
 
 
 def val_images(run_dir: Path, n: int | None = None) -> tuple[list[Path], list[int]]:

@@ -154,7 +154,7 @@ def test_input_size_flows_from_training_to_the_device_bundle(tmp_path):
 
     from edgetl.runtime.backends import open_backend
     from edgetl.runtime.predictor import Predictor
-    from tests.jetson_fixtures import EDGETL, run_cli
+    from tests.conftest import EDGETL, run_cli
 
     run = tmp_path / "run 160"
     metrics = finetune(DEMO, run, FinetuneConfig(strategy="linear", input_size=160))

@@ -15,7 +15,7 @@ from edgetl.bundle import load_manifest, write_bundle
 from edgetl.errors import EdgetlError
 from edgetl.runtime.predictor import Predictor
 from tests.conftest import DEMO
-from tests.tflite_fixtures import DEVICE, EDGETL, run_cli
+from tests.conftest import DEVICE, EDGETL, run_cli
 
 IMAGES = sorted(DEMO.glob("*/*"))[::24][:6]  # one image from each of six classes
 

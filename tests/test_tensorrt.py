@@ -20,7 +20,8 @@ from edgetl.errors import EdgetlError
 from edgetl.runtime.engine import (EngineKey, check_engine, engine_key, engine_path, execute_api, plan_build,
                                    trtexec_command, write_engine)
 from edgetl.targets import load_target
-from tests.jetson_fixtures import DEVICE, EDGETL, demo_images, run_cli
+from tests.conftest import DEVICE, EDGETL, run_cli
+from tests.jetson_fixtures import demo_images
 
 
 def manifest_for(target: str, precision: str) -> dict:

@@ -4,33 +4,11 @@ exported from the real demo run (EfficientNet-Lite0 weights), built once per ses
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-EDGETL = str(Path(sys.executable).with_name("edgetl"))
-DEVICE = str(Path(sys.executable).with_name("edgetl-device"))
-
-# 64 calibration images keep the INT8 test conversion short; the shipped recipes use 128.
-SMALL_RECIPE = """\
-name: small
-description: test recipe
-samples: 64
-method: minmax
-"""
-
-
-def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-@pytest.fixture(scope="session")
-def small_recipe(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipes") / "small.yaml"
-    path.write_text(SMALL_RECIPE)
-    return path
+from tests.conftest import EDGETL, run_cli
 
 
 @pytest.fixture(scope="session")
