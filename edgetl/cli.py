@@ -105,6 +105,7 @@ def finetune(data, out, as_json, **options):
     Examples:
       edgetl finetune data/hymenoptera --strategy linear --out runs/h-lin
       edgetl finetune data/digits --val-split 0.2 --strategy partial --unfreeze 3 --out runs/d
+      edgetl finetune data/insects --strategy linear --input-size 288 --out runs/i   # small objects
       edgetl finetune data/parts --backbone mobilenetv3_large_100 --weights mnv3.pth --out runs/m
     """
     from edgetl.finetune import FinetuneConfig, finetune as run_finetune
@@ -136,18 +137,29 @@ def evaluate_run(run, data, out, as_json):
 @cli.command()
 def backbones():
     """List the supported backbones and their preprocessing."""
+    import importlib.util
+
     from rich.table import Table
 
-    from edgetl.backbones import BACKBONES
+    from edgetl.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
     from edgetl.clikit import stdout
 
-    table = Table(title="backbones")
-    for col in ("name", "input", "resize", "mean", "std", "interp", "embedding", "weights package"):
-        table.add_column(col)
+    def norm(values, imagenet) -> str:
+        return "ImageNet" if tuple(values) == imagenet else ",".join(dict.fromkeys(f"{v:g}" for v in values))
+
+    def weights(spec) -> str:
+        if not spec.weight_package:
+            return "--weights PATH"
+        return "installed" if importlib.util.find_spec(spec.weight_package) else "not installed"
+
+    table = Table(title="backbones",
+                  caption="weights: the default ones. --input-size N runs a backbone at N px, same crop fraction")
+    for col in ("name", "input", "resize", "mean", "std", "interp", "dim", "weights"):
+        table.add_column(col, no_wrap=col == "name")
     for spec in BACKBONES.values():
         p = spec.preprocess()
-        table.add_row(spec.name, str(spec.size), str(p.resize), str(spec.mean), str(spec.std), spec.interpolation,
-                      str(spec.embedding_dim), spec.weight_package or "--weights PATH")
+        table.add_row(spec.name, str(spec.size), str(p.resize), norm(spec.mean, IMAGENET_MEAN),
+                      norm(spec.std, IMAGENET_STD), spec.interpolation, str(spec.embedding_dim), weights(spec))
     stdout.print(table)
 
 

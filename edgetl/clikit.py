@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import traceback
 
@@ -14,7 +15,9 @@ from rich.logging import RichHandler
 from edgetl.errors import EdgetlError
 
 stderr = Console(stderr=True)
-stdout = Console()
+# Piped or in a CI log, rich assumes 80 columns and wraps wide tables cell by cell; a log
+# has no width, so tables there get 120 unless COLUMNS says otherwise.
+stdout = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
 
 
 def setup_logging(verbose: bool) -> None:

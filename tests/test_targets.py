@@ -149,3 +149,7 @@ def test_targets_cli_lists_targets():
     assert {"rpi4", "rpi5", "generic-arm64"} <= names
     table = subprocess.run([EDGETL, "targets"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert table.returncode == 0 and "rpi5" in table.stdout and "cortex-a76" in table.stdout
+    # Piped (a CI log, no COLUMNS): every name is whole, since names are what --target takes.
+    piped = subprocess.run([EDGETL, "targets"], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    assert all(name in piped.stdout for name in names), piped.stdout

@@ -20,14 +20,14 @@ def targets_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([t.to_dict() for t in targets], indent=2))
         return
-    table = Table(title="edgetl targets")
-    for col in ("name", "runtime", "cpu / gpu", "precisions", "default", "threads", "layout",
-                "budget ms", "tol. pts", "calibration"):
-        table.add_column(col)
+    table = Table(title="edgetl targets", caption="* the default precision · budget: latency per image, ms · "
+                                                  "tol.: accepted top-1 loss when quantized, points")
+    for col in ("name", "runtime", "chip", "precisions", "threads", "layout", "budget", "tol.", "calibration"):
+        table.add_column(col, no_wrap=col in ("name", "precisions", "runtime"))  # names are what --target takes
     for t in targets:
-        table.add_row(t.name, t.runtime, t.cpu or t.gpu_arch or "-", ", ".join(t.precisions), t.default_precision,
-                      str(t.threads), t.layout, f"{t.latency_budget_ms:g}", f"{t.accuracy_tolerance_pts:g}",
-                      t.calibration)
+        precisions = ", ".join(f"{p}*" if p == t.default_precision else p for p in t.precisions)
+        table.add_row(t.name, t.runtime, t.cpu or t.gpu_arch or "-", precisions, str(t.threads), t.layout,
+                      f"{t.latency_budget_ms:g}", f"{t.accuracy_tolerance_pts:g}", t.calibration)
     stdout.print(table)
 
 
