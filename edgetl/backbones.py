@@ -45,7 +45,7 @@ class BackboneSpec:
 
         `size` overrides the default input resolution; the crop fraction stays the same.
         """
-        size = size or self.size
+        size = self.size if size is None else size
         if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
             raise EdgetlError(f"--input-size {size} is outside {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE}; "
                               f"{self.name} was trained at {self.size}")

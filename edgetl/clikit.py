@@ -45,9 +45,9 @@ def run_group(group: click.Group) -> None:
         _run(group, debug)
     finally:
         # The process ends here. Freezing keeps the interpreter's final garbage collection
-        # from walking every object torch and matplotlib created: 0.2 s of each host command
-        # (a third of the shutdown). Outputs are written and closed by now; memory is freed
-        # by the OS either way.
+        # from walking every object torch and matplotlib created: 0.2 s of each host
+        # command's exit (`import torch` alone: 1.31 s, 1.12 s frozen). Outputs are written
+        # and closed by now; memory is freed by the OS either way.
         gc.freeze()
 
 

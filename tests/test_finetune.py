@@ -178,6 +178,8 @@ def test_input_size_flows_from_training_to_the_device_bundle(tmp_path):
 def test_input_size_out_of_range_fails_clearly(tmp_path):
     with pytest.raises(EdgetlError, match=r"--input-size 16 is outside 64-640"):
         finetune(DEMO, tmp_path / "r", FinetuneConfig(strategy="linear", input_size=16))
+    with pytest.raises(EdgetlError, match=r"--input-size 0 is outside"):
+        finetune(DEMO, tmp_path / "r", FinetuneConfig(strategy="linear", input_size=0))
     assert not (tmp_path / "r").exists()
 
 
