@@ -1,4 +1,4 @@
-"""Backbone speed on this CPU per tensor layout and chunk size (edgetl/finetune/cpu.py).
+"""Backbone speed on this CPU per tensor layout and chunk size (edgetl/transfer/cpu.py).
 
 For each setting: inference ms per image (embedding, validation), and training ms per image
 for a partial (top 3 stages) and a full step, a 32-image batch run as chunks whose gradients
@@ -19,7 +19,7 @@ from rich.table import Table
 from torch import nn
 
 from edgetl.backbones import create_architecture, get_spec
-from edgetl.finetune.strategies import freeze_for, set_train_mode
+from edgetl.transfer.strategies import freeze_for, set_train_mode
 from edgetl.model import Classifier
 
 SETTINGS = [("contiguous (NCHW)", 32), ("channels_last", 32), ("contiguous (NCHW)", 16), ("channels_last", 16),

@@ -52,11 +52,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     from edgetl.data import split_from_record
-    from edgetl.export.tflite import convert_fp32, describe_io
+    from edgetl.formats.tflite import convert_fp32, describe_io
     from edgetl.model import load_run
     from edgetl.quantize.recipes import load_recipe, select_calibration_images
-    from edgetl.quantize.tflite import quantize_int8
-    from edgetl.runtime.backends import open_backend
+    from edgetl.formats.tflite import quantize_int8
+    from edgetl.backends import open_backend
 
     run = load_run(args.run)
     split = split_from_record(json.loads((args.run / "metrics.json").read_text())["data"])

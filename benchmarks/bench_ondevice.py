@@ -28,12 +28,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edgetl.ondevice.bundle import open_bundle
+from edgetl.backends import Backbone
+from edgetl.bundle import Bundle
 from edgetl.ondevice.embedcache import embed_files
 from edgetl.ondevice.guardrail import accuracy
-from edgetl.ondevice.killtest import kill_retrain
-from edgetl.ondevice.store import HeadStore
-from edgetl.runtime.images import scan_images
+from tests.killtest import kill_retrain
+from edgetl.bundle.heads import HeadStore
+from edgetl.core.images import scan_images
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -42,7 +43,7 @@ DEVICE_CLI = str(Path(sys.executable).with_name("edgetl-device"))
 PROBE = ("import atexit, sys\n"
          "atexit.register(lambda: print('HOST_MODULES=' + ','.join(m for m in ('torch', 'timm', 'onnx') "
          "if m in sys.modules), file=sys.stderr))\n"
-         "from edgetl.runtime.cli import main\n"
+         "from edgetl.cli.device import main\n"
          "sys.argv[0] = 'edgetl-device'\n"
          "main()\n")
 ENV = {**os.environ, "COLUMNS": "300"}
@@ -69,11 +70,11 @@ def folder(root: Path, classes: dict[str, list[Path]]) -> Path:
 
 def labelled_accuracy(bundle: Path, items: dict[str, list[Path]]) -> dict[str, float]:
     """Top-1 of the bundle's active head per true label, through the device embedding path."""
-    b = open_bundle(bundle)
-    _, head = b.current()
+    b = Bundle.open(bundle)
+    _, head = b.active_head()
     out = {}
     for label, paths in items.items():
-        emb, _ = embed_files(b.dir, b.manifest, paths, b.embedder)
+        emb, _ = embed_files(b, paths, lambda: Backbone.open(b))
         out[label] = accuracy(head, emb, [label] * len(paths))
     return out
 
@@ -200,7 +201,7 @@ def main(bundle: Path, new_class: Path, shots: int, kills: int, seed: int) -> No
         rows += bench_retrain(bundle, work, new_class)
         rows += bench_kills(bundle, work, new_class, kills, seed)
         rows += bench_guardrail(bundle, work)
-    table = Table(title=f"on-device adaptation, {bundle} ({open_bundle(bundle).manifest['precision']})")
+    table = Table(title=f"on-device adaptation, {bundle} ({Bundle.open(bundle).manifest.precision})")
     for col in ("part", "measure", "value", "required", "ok"):
         table.add_column(col)
     for part, what, value, need, ok in rows:

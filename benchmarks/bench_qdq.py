@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from edgetl.data import load_split, split_from_record
-from edgetl.export.onnx import export_onnx
+from edgetl.formats.onnx_tensorrt import export_onnx
 from edgetl.model import load_run
-from edgetl.quantize.onnx_qdq import quantize_qdq
+from edgetl.formats.onnx_tensorrt import quantize_qdq
 from edgetl.quantize.recipes import load_recipe, select_calibration_images
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
-from edgetl.runtime.preprocess import Preprocess
+from edgetl.core.preprocess import Preprocess
 
 log = logging.getLogger("edgetl")
 

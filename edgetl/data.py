@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
-from edgetl.runtime.images import Skipped, report_skipped, scan_images
+from edgetl.core.images import Skipped
+from edgetl.core.scan import scan_classes
 
 log = logging.getLogger("edgetl")
 
@@ -47,37 +48,14 @@ class Split:
         }
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def scan_class_folders(folder: Path, labels: list[str] | None = None, known_good=None
                        ) -> tuple[list[tuple[Path, int]], list[str], list[Skipped]]:
-    """(path, class index) for every decodable image under folder/<class>/, sorted
-    (`known_good` as in `scan_images`)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EdgetlError(f"data folder '{folder}' does not exist or is not a directory")
-    dirs = _class_dirs(folder)
-    if not dirs:
-        raise EdgetlError(f"'{folder}' has no class sub-folders; expected {folder}/<class>/image.jpg")
-    found = [d.name for d in dirs]
-    if labels is None:
-        labels = found
-    else:
-        unknown = sorted(set(found) - set(labels))
-        if unknown:
-            raise EdgetlError(f"'{folder}' has classes the model does not know: {unknown}; known: {labels}")
-    items, skipped, total = [], [], 0
-    for d in dirs:
-        good, bad = scan_images(d, known_good=known_good)
-        total += len(good) + len(bad)
-        items += [(p, labels.index(d.name)) for p in good]
-        skipped += bad
-    report_skipped(skipped, total)
-    if not items:
+    """(path, class index) for every decodable image under folder/<class>/, sorted, by the
+    one scanner the device uses too (edgetl.core.scan; `known_good` as in `scan_images`)."""
+    scan = scan_classes(folder, labels, known_good=known_good)
+    if not scan.items:
         raise EdgetlError(f"no readable images under '{folder}'")
-    return items, labels, skipped
+    return sorted(scan.items), scan.labels, scan.skipped
 
 
 def _stratified_split(items, val_split: float, seed: int):
@@ -94,6 +72,8 @@ def _stratified_split(items, val_split: float, seed: int):
             n_val = min(max(n_val, 1), len(group) - 1)  # every class in both splits
         else:
             n_val = 0
+            log.warning("class %d has one image: it is trained on but never validated, so its recall is not "
+                        "measured; add images to that class", cls)
         val += group[:n_val]
         train += group[n_val:]
     return sorted(train), sorted(val)
@@ -201,7 +181,7 @@ class ImageDataset:
     def __getitem__(self, i):
         import torch
 
-        from edgetl.runtime.images import load_rgb
+        from edgetl.core.images import load_rgb
 
         path, label = self.items[i]
         image = load_rgb(path, min_side=self.preprocess.resize)

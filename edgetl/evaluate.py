@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 from edgetl.data import scan_class_folders
-from edgetl.metrics import classification_metrics
+from edgetl.core.metrics import classification_metrics
 from edgetl.model import load_run
 
 
 def evaluate_run_on_folder(run_dir: str | Path, data: str | Path, out: str | Path | None = None) -> dict:
-    from edgetl.finetune.train import predict_logits
+    from edgetl.transfer.train import predict_logits
 
     run = load_run(run_dir)
     data = Path(data)

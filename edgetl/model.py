@@ -14,7 +14,7 @@ from torch import nn
 
 from edgetl.backbones import BackboneSpec, create_architecture, get_spec
 from edgetl.errors import EdgetlError
-from edgetl.runtime.preprocess import Preprocess
+from edgetl.core.preprocess import Preprocess
 
 RUN_FORMAT = "edgetl.run/1"
 

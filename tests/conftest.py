@@ -34,6 +34,13 @@ def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def manifest_json(bundle: Path) -> dict:
+    """A bundle's manifest.json as written (what a reader without edgetl sees)."""
+    import json
+
+    return json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
+
+
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.is_dir(), reason=f"shared data '{path}' is not beside the repository")
 
@@ -49,10 +56,10 @@ def embedding_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A real linear-probe run on the demo set with the installed EfficientNet-Lite0 weights."""
-    from edgetl.finetune import FinetuneConfig, finetune
+    import edgetl
 
     out = tmp_path_factory.mktemp("runs") / "demo-linear"
-    finetune(DEMO, out, FinetuneConfig(strategy="linear", epochs=150, seed=0))
+    edgetl.finetune(DEMO, out, strategy="linear", epochs=150, seed=0)
     return out
 
 

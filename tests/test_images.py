@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.runtime.images import MAX_PIXELS, BadImage, load_rgb, scan_images
+from edgetl.core.images import MAX_PIXELS, BadImage, load_rgb, scan_images
 from tests.conftest import DIGITS, needs_shared
 
 

@@ -34,15 +34,16 @@ NEW_CLASS = "fourmi ant ü"  # unicode and spaces on purpose
 def device_bundle(int8_bundle, tmp_path_factory) -> Path:
     """The demo run's real INT8 TFLite bundle (with its reference set), plus an embedding cache
     of the local images computed by the bundle's own backbone."""
-    from edgetl.ondevice.bundle import open_bundle
+    from edgetl.backends import Backbone
+    from edgetl.bundle import Bundle
     from edgetl.ondevice.embedcache import embed_files
 
     bundle = copy_bundle(int8_bundle, tmp_path_factory.mktemp("bundles") / "int8")
-    b = open_bundle(bundle)
+    b = Bundle.open(bundle)
     assert b.reference() is not None
     labels = [d.name for d in sorted(DEMO.iterdir()) if d.is_dir()]
     local = [p for lab in labels for p in _local(lab, 16)] + ANTS[:24]
-    embed_files(b.dir, b.manifest, local, b.embedder)
+    embed_files(b, local, lambda: Backbone.open(b))
     return bundle
 
 
@@ -77,7 +78,7 @@ def test_class_below_min_images_is_a_clear_error(bundle, tmp_path):
     result = device("retrain", bundle, data)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: '{data / '4'}' has 2 usable image(s); each class needs at least 5 (add images or lower --min-images)")
+        f"error: '{data / '4'}' has 2 usable image(s); each class needs at least 5 (add images or lower min_images)")
     assert not (bundle / "heads" / "index.json").exists()
 
 
@@ -92,14 +93,14 @@ def test_single_class_retrain_is_a_clear_error_but_add_class_works(bundle, tmp_p
 
 
 def test_add_class_keeps_other_rows_and_rollback(bundle, tmp_path):
-    from edgetl.ondevice.bundle import open_bundle
+    from edgetl.bundle import Bundle
 
     result = device("add-class", bundle, NEW_CLASS, *ANTS[:10], "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["version"] == 1 and summary["metrics"]["support_accuracy"] >= 0.9
-    b = open_bundle(bundle)
-    factory, (_, active) = b.factory(), b.current()
+    b = Bundle.open(bundle)
+    factory, (_, active) = b.factory_head(), b.active_head()
     np.testing.assert_array_equal(active.weight[:-1], factory.weight)  # other classes untouched
     np.testing.assert_array_equal(active.bias[:-1], factory.bias)
 
@@ -166,7 +167,7 @@ def test_sigkill_during_retrain_never_corrupts_the_store(bundle, tmp_path):
     """>= 50 SIGKILLs at seeded random moments: anywhere in the run, in the fit-guardrail-write
     window, or within 10 ms after the head file write starts; every 10 kills the store is
     deleted so kills also land while it is created."""
-    from edgetl.ondevice.killtest import kill_retrain, store_is_sound
+    from tests.killtest import kill_retrain, store_is_sound
 
     data = make_class_folders(tmp_path / "data", {"3": _local("3"), "4": _local("4"), NEW_CLASS: ANTS[:10]})
     report = kill_retrain(DEVICE_CLI, bundle, data, kills=50, seed=20261125, env=DEVICE_ENV, reset_every=10)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edgetl.errors import EdgetlError
-from edgetl.fsutil import sha256_file
-from edgetl.ondevice.store import Head, HeadStore
+from edgetl.core.fsutil import sha256_file
+from edgetl.bundle.heads import Head, HeadStore
 
 
 def _head(seed: int, labels=("ants", "bees")) -> Head:

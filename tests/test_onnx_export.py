@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from edgetl.export.onnx import export_onnx, run_onnx
+from edgetl.formats.onnx_tensorrt import export_onnx, run_onnx
 from edgetl.targets import load_target
 from tests.jetson_fixtures import demo_images
 

@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from edgetl.errors import EdgetlError
-from edgetl.export.onnx import run_onnx
-from edgetl.export.tensorrt import qdq_structure, validate_tensorrt
-from edgetl.quantize.onnx_qdq import (ort_calibration, read_tensorrt_calibration_cache, tensorrt_version_number,
+from edgetl.formats.onnx_tensorrt import run_onnx
+from edgetl.formats.onnx_tensorrt import qdq_structure, validate
+from edgetl.formats.onnx_tensorrt import (ort_calibration, read_tensorrt_calibration_cache, tensorrt_version_number,
                                       write_tensorrt_calibration_cache)
 from edgetl.quantize.recipes import load_recipe
 from tests.jetson_fixtures import demo_images
@@ -50,7 +50,7 @@ def test_every_conv_weight_and_activation_has_a_qdq_pair(qdq):
     assert not any(i.data_type == onnx.TensorProto.INT32 for i in graph.initializer)  # no int32 biases
     s = qdq_structure(qdq.path)
     assert s["convs"] == s["convs_qdq_activation"] == s["convs_qdq_weight"] == 49
-    assert validate_tensorrt(qdq.path, "int8")["qdq"] == s
+    assert validate(qdq.path, "int8")["qdq"] == s
 
 
 def test_onnxruntime_runs_the_qdq_model_close_to_fp32(qdq, fp32_onnx, lite0):
@@ -63,9 +63,9 @@ def test_onnxruntime_runs_the_qdq_model_close_to_fp32(qdq, fp32_onnx, lite0):
 
 def test_fp32_validator_refuses_qdq_and_int8_validator_refuses_fp32(qdq, fp32_onnx):
     with pytest.raises(EdgetlError, match="Q/DQ"):
-        validate_tensorrt(qdq.path, "fp32")
+        validate(qdq.path, "fp32")
     with pytest.raises(EdgetlError, match="TensorRT-ready"):
-        validate_tensorrt(fp32_onnx.path, "int8")
+        validate(fp32_onnx.path, "int8")
 
 
 def test_tensorrt_calibration_cache_format(qdq, fp32_onnx, tmp_path):
@@ -112,7 +112,7 @@ def test_histogram_calibration_over_several_chunks(fp32_onnx, lite0, tmp_path):
     histogram per tensor, and the result is a valid TensorRT-ready QDQ model."""
     import dataclasses
 
-    from edgetl.quantize.onnx_qdq import CALIBRATION_CHUNK, quantize_qdq
+    from edgetl.formats.onnx_tensorrt import CALIBRATION_CHUNK, quantize_qdq
 
     _, pre = lite0
     images = demo_images(4)[:35]
@@ -120,6 +120,6 @@ def test_histogram_calibration_over_several_chunks(fp32_onnx, lite0, tmp_path):
     recipe = dataclasses.replace(load_recipe("entropy"), samples=35)
     result = quantize_qdq(fp32_onnx.path, tmp_path / "entropy.onnx", [pre.batch([p]) for p in images], recipe)
     assert result.samples == 35 and result.method == "entropy"
-    assert validate_tensorrt(result.path, "int8")["qdq"]["convs_qdq_activation"] == 49
+    assert validate(result.path, "int8")["qdq"]["convs_qdq_activation"] == 49
     lo, hi = result.ranges["input"]
     assert lo == -hi and 0 < hi <= 1.0 + 1e-6  # symmetric; the input is normalised to [-1, 1]

@@ -11,9 +11,9 @@ from torch import nn
 from edgetl.backbones import get_spec
 from edgetl.data import train_transform
 from edgetl.errors import EdgetlError
-from edgetl.finetune.config import FinetuneConfig
-from edgetl.finetune.train import train_head
-from edgetl.runtime.images import load_rgb
+from edgetl.transfer.config import FinetuneConfig
+from edgetl.transfer.train import train_head
+from edgetl.core.images import load_rgb
 from tests.conftest import DEMO
 
 PRE = get_spec("tf_efficientnet_lite0").preprocess("NCHW")

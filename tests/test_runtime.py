@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.bundle import load_manifest, write_bundle
+from edgetl.bundle import BundleWriter, Manifest
+from tests.conftest import manifest_json
 from edgetl.errors import EdgetlError
 from edgetl.runtime.predictor import Predictor
 from tests.conftest import DEMO
@@ -42,7 +43,7 @@ def test_input_kinds_agree(predictor):
 def test_predict_has_labels_topk_and_timing(predictor, int8_bundle):
     preds = predictor.predict(IMAGES, top_k=3)
     assert len(preds) == len(IMAGES)
-    labels = load_manifest(int8_bundle)["labels"]
+    labels = manifest_json(int8_bundle)["labels"]
     assert predictor.labels == labels
     for p, path in zip(preds, IMAGES):
         assert p.label == labels[p.index] and p.source == str(path)
@@ -57,7 +58,7 @@ def test_predict_has_labels_topk_and_timing(predictor, int8_bundle):
 
 
 def test_threads_default_to_target(int8_bundle):
-    manifest = load_manifest(int8_bundle)
+    manifest = manifest_json(int8_bundle)
     assert Predictor.open(int8_bundle, verify=False).backend.threads == manifest["target"]["threads"]
     assert Predictor.open(int8_bundle, threads=1, verify=False).backend.threads == 1
 
@@ -77,7 +78,7 @@ def test_evaluate_reproduces_export_metrics(int8_bundle, trained_run, tmp_path):
     proc = run_cli(DEVICE, "evaluate", int8_bundle, data, "--out", out)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
-    exported = load_manifest(int8_bundle)["metrics"]["int8"]
+    exported = manifest_json(int8_bundle)["metrics"]["int8"]
     assert metrics["n"] == exported["n"] and metrics["top1"] == exported["top1"]
     assert metrics["confusion"] == exported["confusion"]
     assert 0.0 <= metrics["balanced_accuracy"] <= 1.0 and set(metrics["per_class"]) <= set(metrics["labels"])
@@ -121,12 +122,16 @@ def test_onnxruntime_backend_with_dynamic_batch(tmp_path):
     onnx.save(model, tmp_path / "pool.onnx")
     np.savez(tmp_path / "head.npz", weight=np.eye(2, 3, dtype=np.float32), bias=np.zeros(2, np.float32))
     (tmp_path / "labels.txt").write_text("r\ng\n")
-    manifest = {"target": {"name": "x86", "threads": 1}, "precision": "fp32", "backend": "onnxruntime",
-                "preprocess": {"size": 8, "resize": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "layout": "NCHW"},
-                "labels": ["r", "g"], "metrics": {}, "versions": {}, "head": "head.npz",
-                "model": {"file": "pool.onnx", "embedding_dim": 3,
-                          "input": {"name": "x", "dtype": "float32", "shape": [-1, 3, 8, 8], "layout": "NCHW"}}}
-    bundle = write_bundle(tmp_path / "b", manifest, {n: tmp_path / n for n in ("pool.onnx", "head.npz", "labels.txt")})
+    manifest = Manifest(target={"name": "x86", "threads": 1}, precision="fp32", backend="onnxruntime",
+                        preprocess={"size": 8, "resize": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "layout": "NCHW"},
+                        labels=("r", "g"), metrics={}, versions={}, head="head.npz",
+                        model={"file": "pool.onnx", "embedding_dim": 3,
+                               "input": {"name": "x", "dtype": "float32", "shape": [-1, 3, 8, 8], "layout": "NCHW"}})
+    bundle = tmp_path / "b"
+    with BundleWriter(bundle) as w:
+        for n in ("pool.onnx", "head.npz", "labels.txt"):
+            w.add_file(n, tmp_path / n)
+        w.commit(manifest)
     predictor = Predictor.open(bundle)
     red, green = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
     red[..., 0], green[..., 1] = 255, 255
@@ -136,7 +141,7 @@ def test_onnxruntime_backend_with_dynamic_batch(tmp_path):
 
 
 def test_unknown_backend_is_refused(int8_bundle, tmp_path):
-    from edgetl.runtime.backends import open_backend
+    from edgetl.backends import open_backend
 
     with pytest.raises(EdgetlError, match="backend 'coreml' is not one of"):
         open_backend("coreml", int8_bundle / "backbone.tflite", {}, 1)

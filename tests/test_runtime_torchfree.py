@@ -25,8 +25,8 @@ SCRIPT = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
 
     import edgetl.bundle, edgetl.runtime, edgetl.runtime.predictor, edgetl.runtime.evaluate  # noqa: E401
-    import edgetl.runtime.backends.tflite, edgetl.runtime.backends.onnxrt, edgetl.runtime.cli  # noqa: E401
-    from edgetl.runtime.cli import cli
+    import edgetl.backends.tflite, edgetl.backends.onnxrt, edgetl.cli.device  # noqa: E401
+    from edgetl.cli.device import cli
 
     sys.argv = ["edgetl-device", "predict", {bundle!r}, {image!r}, "--json"]
     try:

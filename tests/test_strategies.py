@@ -8,7 +8,7 @@ from torch import nn
 
 from edgetl.backbones import BACKBONES, create_architecture
 from edgetl.errors import EdgetlError
-from edgetl.finetune.strategies import backbone_stages, freeze_for, param_groups, set_train_mode
+from edgetl.transfer.strategies import backbone_stages, freeze_for, param_groups, set_train_mode
 from edgetl.model import Classifier
 
 
@@ -61,7 +61,7 @@ def test_batchnorm_statistics_stay_pretrained_while_its_affine_trains(lite0):
 def test_chunked_channels_last_step_matches_the_whole_batch():
     """cpu.py runs a batch as channels-last chunks; with BatchNorm frozen its gradients are the
     batch's, up to float rounding (the NHWC kernels sum in another order)."""
-    from edgetl.finetune.cpu import as_input, channels_last, chunks
+    from edgetl.transfer.cpu import as_input, channels_last, chunks
 
     torch.manual_seed(0)
     x, y = torch.randn(6, 3, 96, 96), torch.tensor([0, 1, 0, 1, 1, 0])
@@ -87,7 +87,7 @@ def test_chunked_channels_last_step_matches_the_whole_batch():
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_every_backbone_gives_the_same_output_channels_last(name):
-    from edgetl.finetune.cpu import as_input, channels_last
+    from edgetl.transfer.cpu import as_input, channels_last
 
     torch.manual_seed(0)
     spec = BACKBONES[name]

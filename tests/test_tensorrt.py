@@ -15,19 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.bundle import load_manifest
+from tests.conftest import manifest_json
 from edgetl.errors import EdgetlError
-from edgetl.runtime.engine import (EngineKey, check_engine, engine_key, engine_path, execute_api, plan_build,
+from edgetl.backends.engine import (EngineKey, check_engine, engine_key, engine_path, execute_api, plan_build,
                                    trtexec_command, write_engine)
+from edgetl.bundle import Manifest
 from edgetl.targets import load_target
 from tests.conftest import DEVICE, EDGETL, run_cli
 from tests.jetson_fixtures import demo_images
 
 
-def manifest_for(target: str, precision: str) -> dict:
-    return {"target": load_target(target).to_dict(), "precision": precision,
-            "model": {"file": "backbone.onnx", "input": {"name": "input", "shape": [-1, 3, 224, 224]},
-                      "output": {"name": "embedding", "shape": [-1, 1280]}}}
+def manifest_for(target: str, precision: str) -> Manifest:
+    return Manifest(target=load_target(target).to_dict(), precision=precision, backend="tensorrt",
+                    model={"file": "backbone.onnx", "input": {"name": "input", "shape": [-1, 3, 224, 224]},
+                           "output": {"name": "embedding", "shape": [-1, 1280]}, "embedding_dim": 1280},
+                    preprocess={}, labels=("a", "b"), metrics={}, versions={})
 
 
 def test_plan_tensorrt_8_2_jetson_nano_uses_legacy_apis():
@@ -91,7 +93,7 @@ def test_engine_key_refuses_foreign_engines(orin_int8_bundle, tmp_path):
     import shutil
     shutil.copytree(orin_int8_bundle, bundle)
     key = engine_key(bundle, "Orin (nvgpu)", "8.7", "10.3.0")
-    plan = plan_build(load_manifest(bundle), "10.3.0")
+    plan = plan_build(Manifest.read(bundle), "10.3.0")
     # The key file is what is checked; the engine bytes stay opaque to edgetl.
     path = write_engine(bundle, key, b"opaque engine bytes", plan)
     assert path == engine_path(bundle, key) and path.parent.name == "engines"
@@ -114,7 +116,7 @@ def test_engine_key_refuses_foreign_engines(orin_int8_bundle, tmp_path):
 
 
 def test_int8_bundle_contents(orin_int8_bundle):
-    m = load_manifest(orin_int8_bundle)
+    m = manifest_json(orin_int8_bundle)
     assert m["backend"] == "tensorrt" and m["precision"] == "int8" and m["metrics_backend"] == "onnxruntime"
     assert {"backbone.onnx", "backbone.fp32.onnx", "backbone.calibration.cache", "head.npz"} <= set(m["files"])
     assert m["export"]["validation"]["qdq"]["convs_qdq_weight"] == 49
@@ -149,7 +151,7 @@ def test_jetson_nano_int8_is_refused_naming_maxwell_and_fp16(trained_run, tmp_pa
 
 def test_tensorrt_backend_and_engine_modules_are_torch_free():
     code = ("import sys\n"
-            "import edgetl.runtime.backends.tensorrt, edgetl.runtime.engine, edgetl.runtime.engine_cmd\n"
+            "import edgetl.backends.tensorrt, edgetl.backends.engine, edgetl.cli.device\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'onnx'))\n"
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -166,7 +168,7 @@ def test_build_engine_and_run_matches_onnxruntime(orin_int8_bundle, tmp_path):
     pytest.importorskip("cuda", reason="cuda-python is not installed (pip install 'edgetl[tensorrt]')")
     import shutil
 
-    from edgetl.runtime.backends import open_backend
+    from edgetl.backends import open_backend
     from edgetl.runtime.predictor import Predictor
 
     bundle = tmp_path / "bundle"
@@ -174,7 +176,7 @@ def test_build_engine_and_run_matches_onnxruntime(orin_int8_bundle, tmp_path):
     proc = run_cli(DEVICE, "build-engine", bundle, "--timing-cache", tmp_path / "timing.cache", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Path(proc.stdout.strip()).is_file() and (tmp_path / "timing.cache").stat().st_size > 0
-    m = load_manifest(bundle)
+    m = manifest_json(bundle)
     trt_pred = Predictor.open(bundle)
     ort_pred = Predictor(bundle, m, open_backend("onnxruntime", bundle / m["model"]["file"], m["model"], 2))
     images = demo_images(1)

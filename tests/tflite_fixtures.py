@@ -24,8 +24,8 @@ def int8_bundle(trained_run, small_recipe, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_bundle(trained_run, tmp_path_factory) -> Path:
-    from edgetl.export.pipeline import ExportOptions, export_run
+    import edgetl
 
     out = tmp_path_factory.mktemp("dist") / "rpi5-fp32"
-    export_run(trained_run, ExportOptions(target="rpi5", out=out, precision="fp32"))
+    assert edgetl.export(trained_run, "rpi5", out, "fp32").passed
     return out

@@ -10,13 +10,14 @@ import hashlib
 import io
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgetl.clikit import stderr
-from edgetl.fsutil import atomic_write_bytes, sha256_file
+from edgetl.bundle import Bundle
+from edgetl.core.fsutil import atomic_write_bytes, sha256_file
+from edgetl.core.progress import track
 
 log = logging.getLogger("edgetl")
 
@@ -25,25 +26,31 @@ BATCH = 16
 SAVE_EVERY = 16  # batches
 
 
-def backbone_id(manifest: dict) -> str:
-    model = manifest["model"]
-    blob = json.dumps({"model": manifest["files"][model["file"]], "preprocess": manifest["preprocess"]}, sort_keys=True)
+def backbone_id(bundle: Bundle) -> str:
+    m = bundle.manifest
+    blob = json.dumps({"model": m.files[m.model_file], "preprocess": m.preprocess}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class EmbeddingCache:
-    def __init__(self, bundle_dir: Path, manifest: dict):
-        self.path = Path(bundle_dir) / CACHE
-        self.backbone = backbone_id(manifest)
+    def __init__(self, bundle: Bundle):
+        self.path = bundle.dir / CACHE
+        self.backbone = backbone_id(bundle)
         self.rows: dict[str, np.ndarray] = {}
         self.dirty = False
         if self.path.is_file():
             try:
                 with np.load(self.path, allow_pickle=False) as z:
                     if str(z["backbone"]) == self.backbone:
-                        self.rows = dict(zip((str(d) for d in z["digests"]), np.asarray(z["embeddings"], np.float32)))
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("embedding cache '%s' is unreadable (%s); recomputing", self.path, exc)
+                        emb = np.asarray(z["embeddings"], np.float32)
+                        digests = [str(d) for d in z["digests"]]
+                        if emb.ndim != 2 or len(emb) != len(digests) or emb.shape[1] != bundle.manifest.embedding_dim:
+                            raise ValueError(f"embeddings {emb.shape} for {len(digests)} digests")
+                        self.rows = dict(zip(digests, emb))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                # Everything here can be recomputed: a damaged cache costs time, never the command.
+                log.warning("embedding cache '%s' is damaged (%s); rebuilding it", self.path, exc)
+                self.dirty = True
 
     def get(self, digest: str) -> np.ndarray | None:
         return self.rows.get(digest)
@@ -55,6 +62,10 @@ class EmbeddingCache:
     def save(self) -> None:
         if not self.dirty:
             return
+        if not self.rows:
+            self.path.unlink(missing_ok=True)
+            self.dirty = False
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         digests = list(self.rows)
         buf = io.BytesIO()
@@ -64,25 +75,23 @@ class EmbeddingCache:
         self.dirty = False
 
 
-def embed_files(bundle_dir: Path, manifest: dict, paths: list[Path], embedder) -> tuple[np.ndarray, list[str]]:
+def embed_files(bundle: Bundle, paths: list[Path], embedder) -> tuple[np.ndarray, list[str]]:
     """Embeddings [N, D] and sha256 digests of `paths`; only cache misses reach `embedder`.
 
     `embedder()` returns an object with `.embed(paths) -> float32 [n, D]`; it is created only
     when something is missing, so a fully cached retrain never loads the model.
     """
-    cache = EmbeddingCache(bundle_dir, manifest)
+    cache = EmbeddingCache(bundle)
     digests = [sha256_file(p) for p in paths]
     missing = sorted({d: p for d, p in zip(digests, paths) if cache.get(d) is None}.items())
     if missing:
         model = embedder()
-        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=stderr, transient=True) as progress:
-            bar = progress.add_task("embed", total=len(missing))
+        with track("embedding", len(missing)) as task:
             for i in range(0, len(missing), BATCH):
                 chunk = missing[i:i + BATCH]
                 for (d, _), emb in zip(chunk, model.embed([p for _, p in chunk])):
                     cache.put(d, emb)
-                progress.advance(bar, len(chunk))
+                task.advance(len(chunk))
                 if (i // BATCH) % SAVE_EVERY == SAVE_EVERY - 1:
                     cache.save()  # an interrupted run on a slow board keeps what it embedded
         cache.save()

@@ -10,11 +10,13 @@ reference set can.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgetl.ondevice.store import Head
+from edgetl.bundle import Head
+from edgetl.errors import EdgetlError
 
 log = logging.getLogger("edgetl")
 
@@ -45,6 +47,14 @@ class Verdict:
                 "checks": [{**asdict(c), "drop_points": round(c.drop_points, 2)} for c in self.checks]}
 
 
+def check_tolerance(tolerance: float) -> float:
+    """NaN would compare false against every drop and silently switch the guardrail off."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) \
+            or not 0 <= tolerance <= 100:
+        raise EdgetlError(f"tolerance must be a number of percentage points from 0 to 100, not {tolerance!r}")
+    return float(tolerance)
+
+
 def accuracy(head: Head, emb: np.ndarray, labels: list[str]) -> float:
     predicted = np.asarray(head.labels)[head.predict(emb)]
     return float(np.mean(predicted == np.asarray(labels))) if len(labels) else 0.0
@@ -53,6 +63,7 @@ def accuracy(head: Head, emb: np.ndarray, labels: list[str]) -> float:
 def check(old: Head, new: Head, sets: dict[str, tuple[np.ndarray, list[str]] | None],
           tolerance: float = DEFAULT_TOLERANCE) -> Verdict:
     """Compare `old` and `new` on each named set's old-class samples."""
+    check_tolerance(tolerance)
     verdict = Verdict(passed=True, tolerance=tolerance)
     known = set(old.labels)
     for name, data in sets.items():
@@ -83,6 +94,6 @@ def enforce(verdict: Verdict, force: bool) -> bool:
     for reason in verdict.reasons:
         log.error("guardrail: %s", reason)
     if force:
-        log.warning("--force: ACTIVATING A HEAD THE GUARDRAIL REFUSED")
+        log.warning("force: ACTIVATING A HEAD THE GUARDRAIL REFUSED")
         return True
     return False

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.backends import Backbone
+from edgetl.bundle import DEFAULT_TASK, Bundle, Head
+from edgetl.bundle.manifest import check_label
 from edgetl.errors import EdgetlError
 from edgetl.ondevice import guardrail
-from edgetl.ondevice.bundle import open_bundle
 from edgetl.ondevice.embedcache import embed_files
 from edgetl.ondevice.localdata import MIN_IMAGES, collect_images, data_digest
-from edgetl.ondevice.store import Head
+from edgetl.ondevice.results import AdaptResult
 
 log = logging.getLogger("edgetl")
 
@@ -37,38 +39,55 @@ def imprint(head: Head, emb: np.ndarray, label: str) -> Head:
                 head.labels + (label,))
 
 
-def add_class(bundle_dir: Path, label: str, images: list[Path], *, min_images: int = MIN_IMAGES,
-              tolerance: float = guardrail.DEFAULT_TOLERANCE, force: bool = False) -> dict:
-    """Imprint `label` from `images` and activate it if the guardrail allows. Returns a summary."""
-    label = label.strip()
+def add_class(bundle: str | Path, label: str, images: list[str | Path], *, task: str = DEFAULT_TASK,
+              min_images: int = MIN_IMAGES, tolerance: float = guardrail.DEFAULT_TOLERANCE,
+              force: bool = False) -> AdaptResult:
+    """Add class `label` to the active head from a few images, by weight imprinting.
+
+    Args:
+        bundle: the bundle folder.
+        label: the new class name (one line of text, not already a class).
+        images: image files and/or folders (searched recursively); bad files are skipped by name.
+        task: the head to change in a multi-task bundle.
+        min_images: fewest usable images the class needs.
+        tolerance: percentage points of old-class accuracy the new head may lose (0-100).
+        force: activate the new head even if the guardrail refuses it.
+
+    Returns:
+        AdaptResult; `activated` is False when the guardrail refused (the old head stays).
+
+    Raises:
+        EdgetlError: an untrusted bundle or head store, too few images, a bad label or number.
+    """
+    tolerance = guardrail.check_tolerance(tolerance)
+    label = check_label(str(label).strip(), "label") if str(label).strip() else ""
     if not label:
-        raise EdgetlError("the class NAME is empty; pass a name such as 'screw'")
-    bundle = open_bundle(bundle_dir)
-    paths = collect_images(images)
+        raise EdgetlError("the class label is empty; pass a name such as 'screw'")
+    b = Bundle.open(bundle)
+    store = b.heads(task)
+    paths = collect_images([Path(i) for i in images])
     if len(paths) < min_images:
         raise EdgetlError(f"class '{label}' has {len(paths)} usable image(s); add-class needs at least "
-                          f"{min_images} (add images or lower --min-images)")
-    with bundle.store.writer(bundle.factory) as writer:
-        parent, old = bundle.current()
+                          f"{min_images} (add images or lower min_images)")
+    with store.writer(b.factory_head) as writer:
+        parent, old = b.active_head(task)
         if label in old.labels:
             raise EdgetlError(f"class '{label}' is already in the active head (version {parent}); "
-                              "use `edgetl-device retrain` to refine an existing class")
-        emb, digests = embed_files(bundle.dir, bundle.manifest, paths, bundle.embedder)
+                              "use retrain to refine an existing class")
+        emb, digests = embed_files(b, paths, lambda: Backbone.open(b))
         t0 = time.perf_counter()
         new = imprint(old, emb, label)
         seconds = time.perf_counter() - t0
-        verdict = guardrail.check(old, new, {"reference": bundle.reference()}, tolerance)
+        verdict = guardrail.check(old, new, {"reference": b.reference()}, tolerance)
         support = guardrail.accuracy(new, emb, [label] * len(emb))
         metrics = {"images": len(paths), "support_accuracy": support, "fit_seconds": seconds,
                    "guardrail": verdict.to_dict()}
         activate = guardrail.enforce(verdict, force)
-        summary = {"action": "add-class", "label": label, "parent": parent, "metrics": metrics,
-                   "activated": activate, "forced": force and not verdict.passed}
-        if not activate:
-            summary["version"] = None
-            return summary
-        metrics["forced"] = summary["forced"]
-        summary["version"] = writer.add(new, parent=parent, source=f"add-class {label}",
-                                        data_digest=data_digest(digests, [label] * len(digests)),
-                                        metrics=metrics, activate=True)
-    return summary
+        forced = force and not verdict.passed
+        version = None
+        if activate:
+            metrics["forced"] = forced
+            version = writer.add(new, parent=parent, source=f"add-class {label}",
+                                 data_digest=data_digest(digests, [label] * len(digests)),
+                                 metrics=metrics, activate=True)
+    return AdaptResult("add-class", task, parent, version, activate, forced, list(new.labels), metrics, label)

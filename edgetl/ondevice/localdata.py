@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import EdgetlError
-from edgetl.runtime.images import IMAGE_SUFFIXES, BadImage, Skipped, load_rgb, report_skipped, scan_images
+from edgetl.core.images import IMAGE_SUFFIXES, BadImage, Skipped, load_rgb, report_skipped, scan_images
+from edgetl.core.scan import scan_classes as _scan
 
 MIN_IMAGES = 5
 
@@ -25,6 +26,8 @@ def collect_images(items: list[Path]) -> list[Path]:
             skipped += s
         elif not item.exists():
             raise EdgetlError(f"'{item}' does not exist; pass image files or folders")
+        elif not item.is_file():
+            skipped.append(Skipped(item, "is not a regular file"))
         elif item.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(Skipped(item, f"has extension '{item.suffix}', not an image type"))
         else:
@@ -38,19 +41,12 @@ def collect_images(items: list[Path]) -> list[Path]:
 
 
 def scan_classes(root: Path, min_images: int) -> dict[str, list[Path]]:
-    """`root/<label>/...` -> {label: images}; needs two classes, each with `min_images`."""
+    """`root/<label>/...` -> {label: images} by the one scanner finetune uses (edgetl.core.scan);
+    needs two classes, each with `min_images`."""
     root = Path(root)
-    if not root.is_dir():
-        raise EdgetlError(f"data folder '{root}' does not exist; pass a folder with one sub-folder per class")
-    good, skipped = scan_images(root)
-    classes: dict[str, list[Path]] = {}
-    for path in good:
-        rel = path.relative_to(root)
-        if len(rel.parts) < 2:
-            skipped.append(Skipped(path, "is not inside a class folder"))
-            continue
-        classes.setdefault(rel.parts[0], []).append(path)
-    report_skipped(skipped, len(good) + len(skipped))
+    if root.exists() and not root.is_dir():
+        raise EdgetlError(f"'{root}' is a file; retrain takes a folder with one sub-folder per class")
+    classes = {label: paths for label, paths in _scan(root, loose_files="skip").by_label().items() if paths}
     if len(classes) < 2:
         found = f"only the class folder '{next(iter(classes))}'" if classes else "no class folder with images"
         raise EdgetlError(f"data folder '{root}' has {found}; retrain needs at least two classes "
@@ -59,7 +55,7 @@ def scan_classes(root: Path, min_images: int) -> dict[str, list[Path]]:
     if small:
         shown = ", ".join(f"'{root / label}' has {n}" for label, n in sorted(small.items()))
         raise EdgetlError(f"{shown} usable image(s); each class needs at least {min_images} "
-                          "(add images or lower --min-images)")
+                          "(add images or lower min_images)")
     return dict(sorted(classes.items()))
 
 

@@ -10,29 +10,52 @@ import logging
 import time
 from pathlib import Path
 
-from edgetl.metrics import classification_metrics
+from edgetl.backends import Backbone
+from edgetl.bundle import DEFAULT_TASK, Bundle, Head
+from edgetl.core.metrics import classification_metrics
+from edgetl.errors import EdgetlError
 from edgetl.ondevice import guardrail
-from edgetl.ondevice.bundle import open_bundle
 from edgetl.ondevice.embedcache import embed_files
 from edgetl.ondevice.fit import FitConfig, fit_softmax
 from edgetl.ondevice.imprint import imprint
 from edgetl.ondevice.localdata import MIN_IMAGES, data_digest, scan_classes, stratified_holdout
-from edgetl.ondevice.store import Head
+from edgetl.ondevice.results import AdaptResult
 
 log = logging.getLogger("edgetl")
 
 HOLDOUT = 0.2
 
 
-def retrain(bundle_dir: Path, data: Path, *, min_images: int = MIN_IMAGES, seed: int = 0,
-            tolerance: float = guardrail.DEFAULT_TOLERANCE, force: bool = False) -> dict:
-    bundle = open_bundle(bundle_dir)
-    classes = scan_classes(data, min_images)
+def retrain(bundle: str | Path, data: str | Path, *, task: str = DEFAULT_TASK, min_images: int = MIN_IMAGES,
+            seed: int = 0, tolerance: float = guardrail.DEFAULT_TOLERANCE, force: bool = False) -> AdaptResult:
+    """Refit the active head on local class folders (old and new classes), guarded and versioned.
+
+    Args:
+        bundle: the bundle folder.
+        data: `DATA/<class>/...` with at least two classes.
+        task: the head to change in a multi-task bundle.
+        min_images: fewest usable images each class needs.
+        seed: seed of the held-out split (0 or more).
+        tolerance: percentage points of old-class accuracy the new head may lose (0-100).
+        force: activate the new head even if the guardrail refuses it.
+
+    Returns:
+        AdaptResult; `activated` is False when the guardrail refused (the old head stays).
+
+    Raises:
+        EdgetlError: an untrusted bundle or head store, too few classes or images, a bad number.
+    """
+    tolerance = guardrail.check_tolerance(tolerance)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise EdgetlError(f"seed must be a whole number from 0 to 2**32-1, not {seed!r}")
+    b = Bundle.open(bundle)
+    store = b.heads(task)
+    classes = scan_classes(Path(data), min_images)
     paths = [p for ps in classes.values() for p in ps]
     names = [label for label, ps in classes.items() for _ in ps]
-    with bundle.store.writer(bundle.factory) as writer:
-        parent, old = bundle.current()
-        emb, digests = embed_files(bundle.dir, bundle.manifest, paths, bundle.embedder)
+    with store.writer(b.factory_head) as writer:
+        parent, old = b.active_head(task)
+        emb, digests = embed_files(b, paths, lambda: Backbone.open(b))
         t0 = time.perf_counter()
         train, held = stratified_holdout(names, HOLDOUT, seed)
         anchor = old
@@ -47,7 +70,7 @@ def retrain(bundle_dir: Path, data: Path, *, min_images: int = MIN_IMAGES, seed:
         new = Head(result.weight, result.bias, anchor.labels)
         seconds = time.perf_counter() - t0
         held_names = [names[i] for i in held]
-        verdict = guardrail.check(old, new, {"held-out": (emb[held], held_names), "reference": bundle.reference()},
+        verdict = guardrail.check(old, new, {"held-out": (emb[held], held_names), "reference": b.reference()},
                                   tolerance)
         held_metrics = classification_metrics(y_held, new.predict(emb[held]), list(new.labels))
         metrics = {"images": len(paths), "train": len(train), "held_out": len(held), "new_labels": new_labels,
@@ -56,11 +79,10 @@ def retrain(bundle_dir: Path, data: Path, *, min_images: int = MIN_IMAGES, seed:
                    "fit_seconds": round(seconds, 4), "steps": result.steps, "best_step": result.best_step,
                    "seed": seed, "guardrail": verdict.to_dict()}
         activate = guardrail.enforce(verdict, force)
-        summary = {"action": "retrain", "parent": parent, "labels": list(new.labels), "metrics": metrics,
-                   "activated": activate, "forced": force and not verdict.passed, "version": None}
+        forced = force and not verdict.passed
+        version = None
         if activate:
-            metrics["forced"] = summary["forced"]
-            summary["version"] = writer.add(new, parent=parent, source=f"retrain {Path(data).name}",
-                                            data_digest=data_digest(digests, names), metrics=metrics,
-                                            activate=True)
-    return summary
+            metrics["forced"] = forced
+            version = writer.add(new, parent=parent, source=f"retrain {Path(data).name}",
+                                 data_digest=data_digest(digests, names), metrics=metrics, activate=True)
+    return AdaptResult("retrain", task, parent, version, activate, forced, list(new.labels), metrics)

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edgetl.clikit import stderr
+from edgetl.core.metrics import classification_metrics
+from edgetl.core.progress import track
+from edgetl.core.scan import class_folders, scan_classes
 from edgetl.errors import EdgetlError
-from edgetl.metrics import classification_metrics
-from edgetl.runtime.images import report_skipped, scan_images
 from edgetl.runtime.predictor import Predictor
 
 log = logging.getLogger("edgetl")
@@ -32,42 +31,27 @@ def labelled_images(data_dir: str | Path, labels: Sequence[str]) -> tuple[list[P
     root = Path(data_dir)
     if not root.is_dir():
         raise EdgetlError(f"data folder '{root}' does not exist; pass a folder of <class>/ sub-folders")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not set(classes) & set(labels) and (root / "val").is_dir():
+    if not {p.name for p in class_folders(root)} & set(labels) and (root / "val").is_dir():
         log.info("'%s' has train/ and val/; evaluating on '%s'", root, root / "val")
         root = root / "val"
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [c for c in classes if c not in labels]
-    if unknown or not classes:
-        raise EdgetlError(f"'{root}' has class folders {unknown or classes} that the bundle does not know; "
-                          f"expected sub-folders named after its labels: {list(labels)}")
-    paths, y, skipped, total = [], [], [], 0
-    for c in classes:
-        good, bad = scan_images(root / c)
-        total += len(good) + len(bad)
-        paths += good
-        y += [list(labels).index(c)] * len(good)
-        skipped += bad
-    report_skipped(skipped, total)
-    if not paths:
+    scan = scan_classes(root, labels)
+    if not scan.items:
         raise EdgetlError(f"no readable images under '{root}'")
-    return paths, y, len(skipped)
+    return [p for p, _ in scan.items], [y for _, y in scan.items], len(scan.skipped)
 
 
 def embed_paths(predictor: Predictor, paths: Sequence, batch_size: int = 16,
                 description: str = "embedding") -> tuple[np.ndarray, float]:
     """Embeddings [N, D] of image files and the seconds spent in the backend (not decoding)."""
     chunks, infer_s = [], 0.0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=stderr, transient=True) as progress:
-        task = progress.add_task(description, total=len(paths))
+    with track(description, len(paths)) as task:
         for i in range(0, len(paths), batch_size):
             batch = predictor.prepare(paths[i:i + batch_size])
             t0 = time.perf_counter()
             chunks.append(predictor.embed(batch))
             infer_s += time.perf_counter() - t0
-            progress.advance(task, len(batch))
-    dim = int(predictor.manifest["model"]["embedding_dim"])
+            task.advance(len(batch))
+    dim = predictor.backbone.embedding_dim
     return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), infer_s
 
 
@@ -87,16 +71,31 @@ def evaluate_items(predictor: Predictor, paths: Sequence, y_true: Sequence[int],
 
 
 def evaluate_folder(bundle_dir: str | Path, data_dir: str | Path, threads: int | None = None) -> dict:
+    """Score a bundle on DATA/<class>/ images with the device runtime.
+
+    Args:
+        bundle_dir: the bundle folder.
+        data_dir: class folders named after the bundle's labels (or a folder with val/).
+        threads: inference threads (default: the target's).
+
+    Returns:
+        The metrics JSON: top1, balanced_accuracy, n, per_class, confusion, latency_ms, and
+        the bundle's target, precision and backend.
+
+    Raises:
+        BundleError, EdgetlError: an untrusted bundle, a missing folder, unknown classes.
+    """
     predictor = Predictor.open(bundle_dir, threads=threads)
     paths, y, skipped = labelled_images(data_dir, predictor.labels)
     metrics = evaluate_items(predictor, paths, y)
-    target = predictor.manifest["target"]
+    m = predictor.manifest
     metrics.update({
         "bundle": str(bundle_dir),
         "data": str(data_dir),
-        "target": target.get("name") if isinstance(target, dict) else target,
-        "precision": predictor.manifest["precision"],
-        "backend": predictor.manifest["backend"],
+        "target": m.target_name,
+        "precision": m.precision,
+        "backend": m.backend,
+        "head_version": predictor.head_version,
         "skipped": skipped,
     })
     return metrics

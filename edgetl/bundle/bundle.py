@@ -1,0 +1,138 @@
+"""`Bundle`: a verified bundle folder and what it holds (torch-free).
+
+Readers never touch manifest.json or the head files themselves: the runtime (Predictor),
+the on-device adaptation and the TensorRT engine builder all go through `Bundle.open`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.bundle.heads import DEFAULT_TASK, Head, HeadStore
+from edgetl.bundle.manifest import MANIFEST, BundleError, Manifest
+from edgetl.core.fsutil import sha256_file
+from edgetl.core.preprocess import Preprocess
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An opened bundle. Build it with `Bundle.open`."""
+
+    dir: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        """Open a bundle folder.
+
+        Args:
+            path: the bundle folder (holds manifest.json).
+            verify: check every listed file's sha256 (seconds on a Pi for a large model; keep it
+                on unless the caller verified already).
+
+        Returns:
+            The Bundle.
+
+        Raises:
+            BundleError: not a bundle, an unreadable or edited manifest, a missing, truncated or
+                tampered file; the message names the file and the fix.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"bundle '{path}' is not a folder; pass the folder `edgetl export` wrote")
+        manifest = Manifest.read(path)
+        bundle = cls(path, manifest)
+        if verify:
+            bundle.verify()
+        if "labels.txt" in manifest.files:
+            bundle._check_labels_file()
+        return bundle
+
+    def verify(self) -> None:
+        """Check every listed file against its sha256 in the manifest."""
+        for name, expected in self.manifest.files.items():
+            path = self.dir / name
+            if not path.is_file():
+                raise BundleError(f"bundle file '{path}' is missing; re-copy or re-export the bundle")
+            if sha256_file(path) != expected:
+                raise BundleError(f"bundle file '{path}' does not match its sha256 in {MANIFEST} "
+                                  "(tampered or truncated); re-copy or re-export the bundle")
+
+    def _check_labels_file(self) -> None:
+        # labels.txt is a convenience copy of the manifest's list; both are verified, so they
+        # differ only when the manifest was edited and its own digest recomputed.
+        text = (self.dir / "labels.txt").read_text(encoding="utf-8").splitlines()
+        if text != list(self.labels):
+            raise BundleError(f"'{self.dir / MANIFEST}' lists labels {list(self.labels)} but the verified "
+                              f"'{self.dir / 'labels.txt'}' differs; the manifest was edited: re-export the bundle")
+
+    # -- contents --------------------------------------------------------------------------
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.manifest.labels
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.manifest.preprocess)
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / self.manifest.model_file
+
+    @property
+    def digest(self) -> str:
+        """sha256 of manifest.json, which lists every file's sha256: one name for the whole bundle."""
+        return sha256_file(self.dir / MANIFEST)
+
+    def factory_head(self) -> Head:
+        """The head the bundle was exported with (version 0 of every head store)."""
+        return Head.from_factory_file(self.dir / self.manifest.head, self.labels, self.manifest.embedding_dim)
+
+    def binding(self) -> dict:
+        """What ties a head store to this bundle (recorded in heads/index.json)."""
+        return {"backbone_sha256": self.manifest.files[self.manifest.model_file],
+                "embedding_dim": self.manifest.embedding_dim, "factory_labels": list(self.labels)}
+
+    def heads(self, task: str = DEFAULT_TASK) -> HeadStore:
+        """The device-owned head store of `task` (it may not exist yet).
+
+        Raises:
+            EdgetlError: the store belongs to another bundle (by its recorded binding, or for a
+                store written before bindings by a v0 that is not this bundle's factory head).
+        """
+        store = HeadStore(self.dir, task, self.binding())
+        if store.exists():
+            index = store.index()  # checks a recorded binding
+            if "binding" not in index:
+                v0 = store.load(0, index)
+                if not v0.same_as(self.factory_head()):
+                    raise BundleError(f"head store '{store.dir}' was not made from this bundle: its version 0 "
+                                      f"differs from '{self.dir / self.manifest.head}'; move '{store.dir}' away to "
+                                      "start from this bundle's factory head")
+        return store
+
+    def active_head(self, task: str = DEFAULT_TASK) -> tuple[int, Head]:
+        """(version, head) in use: the head store's active version, else the factory head (0)."""
+        store = self.heads(task)
+        return store.load_active() if store.exists() else (0, self.factory_head())
+
+    def reference(self) -> tuple[np.ndarray, list[str]] | None:
+        """The factory's reference embeddings and their labels (the guardrail's set), if shipped."""
+        ref = self.manifest.reference
+        if not ref:
+            return None
+        path = self.dir / ref["file"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                emb = np.asarray(z["embeddings"], np.float32)
+                raw = z["labels"]
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise BundleError(f"reference set '{path}' is unreadable ({exc}); re-export the bundle") from None
+        names = [self.labels[int(i)] for i in raw] if raw.dtype.kind in "iu" else [str(s) for s in raw]
+        if emb.ndim != 2 or len(names) != len(emb):
+            raise BundleError(f"reference set '{path}' has {emb.shape} embeddings for {len(names)} labels; "
+                              "re-export the bundle")
+        return emb, names

@@ -1,0 +1,276 @@
+"""`edgetl-device`: the device-side CLI. Imports no torch, timm or onnx
+(tests/test_runtime_torchfree.py). Thin: parse options, call the runtime and edgetl.ondevice, print.
+
+Exit codes: 0 done; 1 an error or a refused action; 2 bad usage; 3 the guardrail refused a
+new head (the old one stays active).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgetl.cli.common import FiniteFloat, check_writable, escape, progress_bars, run_group, setup_logging, stderr, stdout
+
+GUARDRAIL_EXIT = 3
+MAX_THREADS = 256  # edgetl.backends.MAX_THREADS; LiteRT crashes on absurd thread counts
+
+_bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+_threads_opt = click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+                            help="Inference threads (default: the target's).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Run, evaluate and adapt an edgetl bundle on the device.
+
+    Add --debug anywhere to see tracebacks.
+    """
+    setup_logging(verbose)
+
+
+# -- run and score ------------------------------------------------------------------------------
+@cli.command("predict")
+@_bundle_arg
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True, help="Classes to show per image.")
+@_threads_opt
+@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+def predict_cmd(bundle: Path, images: tuple[Path, ...], top_k: int, threads: int | None, as_json: bool) -> None:
+    """Classify IMAGES with the bundle."""
+    from rich.table import Table
+
+    from edgetl.core.images import BadImage
+    from edgetl.runtime import Predictor
+
+    predictor = Predictor.open(bundle, threads=threads)
+    results, errors = [], []
+    for path in images:
+        if path.is_dir():
+            errors.append(f"'{path}' is a folder; pass image files (or use evaluate for class folders)")
+            continue
+        try:
+            results += predictor.predict(path, top_k=top_k)
+        except BadImage as exc:
+            errors.append(str(exc))
+    if as_json:
+        click.echo(json.dumps({"predictions": [p.to_dict() for p in results], "errors": errors}, indent=2,
+                              ensure_ascii=False))
+    else:
+        m = predictor.manifest
+        table = Table(title=escape(f"{bundle} ({m.precision}, {m.backend})"))
+        for col in ("image", "label", "score", f"top-{top_k}", "ms"):
+            table.add_column(col)
+        for p in results:
+            others = ", ".join(f"{lab} {s:.2f}" for lab, s in p.top_k[1:])
+            table.add_row(escape(p.source), escape(p.label), f"{p.score:.3f}", escape(others),
+                          f"{p.timing_ms['inference']:.1f}")
+        stdout.print(table)
+        for e in errors:
+            click.echo(f"error: {e}", err=True)
+    if errors:
+        raise SystemExit(1)
+
+
+@cli.command("evaluate")
+@_bundle_arg
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics JSON here.")
+@_threads_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics JSON.")
+def evaluate_cmd(bundle: Path, data: Path, out: Path | None, threads: int | None, as_json: bool) -> None:
+    """Score the bundle on DATA/<class>/ images with the device runtime."""
+    from edgetl.core.fsutil import atomic_write_json
+    from edgetl.runtime.evaluate import evaluate_folder
+
+    check_writable(out)
+    with progress_bars():
+        metrics = evaluate_folder(bundle, data, threads=threads)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, metrics)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
+    else:
+        stdout.print(escape(f"{bundle}: top1 {metrics['top1']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f} "
+                            f"on {metrics['n']} images ({metrics['precision']}, "
+                            f"{metrics['latency_ms']['inference_mean']:.1f} ms/image, "
+                            f"{metrics['latency_ms']['threads']} threads)" + (f"; wrote {out}" if out else "")))
+
+
+@cli.command("build-engine")
+@_bundle_arg
+@click.option("--dla-core", type=click.IntRange(0, 15), default=None,
+              help="Run on this DLA core (AGX Orin, Xavier); GPU fallback on.")
+@click.option("--workspace-mb", type=click.IntRange(1, 1 << 20), default=None,
+              help="Builder workspace (default: the target's).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Timing cache to reuse and update (default: ~/.cache/edgetl/tensorrt/, per GPU and TensorRT).")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=8, show_default=True,
+              help="Largest batch the engine takes.")
+@click.option("--opt-batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Batch TensorRT tunes for.")
+@click.option("--force", is_flag=True, help="Rebuild even if an engine for this bundle, GPU and TensorRT exists.")
+@click.option("--print-trtexec", is_flag=True,
+              help="Print the equivalent trtexec line (for boards without TensorRT's Python bindings) and exit.")
+def build_engine_cmd(bundle: Path, dla_core, workspace_mb, timing_cache, max_batch, opt_batch, force,
+                     print_trtexec) -> None:
+    """Build the TensorRT engine for BUNDLE on this device (minutes; reused while the bundle,
+    GPU and TensorRT version stay the same).
+
+    \b
+    Examples:
+      edgetl-device build-engine dist/jetson-orin-nano
+      edgetl-device build-engine dist/jetson-agx-orin --dla-core 0
+      edgetl-device build-engine dist/jetson-nano --print-trtexec
+    """
+    from edgetl.backends.engine import ENGINE_DIR, build_engine, plan_build, trtexec_command
+    from edgetl.bundle import Bundle
+    from edgetl.errors import EdgetlError
+
+    b = Bundle.open(bundle)
+    if b.manifest.backend != "tensorrt":
+        raise EdgetlError(f"bundle '{bundle}' is for backend '{b.manifest.backend}', not tensorrt; "
+                          "export it with a Jetson --target")
+    if print_trtexec:
+        plan = plan_build(b.manifest, b.manifest.target["tensorrt"], dla_core, workspace_mb, max_batch, opt_batch)
+        engine = bundle / ENGINE_DIR / f"{Path(plan.onnx).stem}.trtexec.engine"
+        click.echo(trtexec_command(bundle, plan, engine, timing_cache))
+        return
+    click.echo(str(build_engine(b, dla_core, workspace_mb, timing_cache, max_batch, opt_batch, force)))
+
+
+# -- adapt the head -----------------------------------------------------------------------------
+_task_opt = click.option("--task", default="default", show_default=True, help="Which head of a multi-task bundle.")
+_guard_opts = [
+    click.option("--tolerance", type=FiniteFloat(0, 100), default=2.0, show_default=True,
+                 help="Percentage points of old-class accuracy the new head may lose."),
+    click.option("--force", is_flag=True, help="Activate the new head even if the guardrail refuses it."),
+    click.option("--min-images", type=click.IntRange(1, 100000), default=5, show_default=True,
+                 help="Fewest usable images a class needs."),
+    _task_opt,
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
+
+
+def _guarded(f):
+    for opt in reversed(_guard_opts):
+        f = opt(f)
+    return f
+
+
+def _finish(result, as_json: bool) -> None:
+    from rich.table import Table
+
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    m = result.metrics
+    if not as_json:
+        table = Table(title=f"{result.action}: guardrail (old-class accuracy)", title_justify="left")
+        for col in ("set", "n", "before", "after", "drop (points)"):
+            table.add_column(col, justify="left" if col == "set" else "right")
+        for c in m["guardrail"]["checks"]:
+            table.add_row(c["name"], str(c["n"]), f"{100 * c['old_accuracy']:.1f}%", f"{100 * c['new_accuracy']:.1f}%",
+                          f"{c['drop_points']:.1f}")
+        stdout.print(table)
+    if result.activated:
+        note = " [bold red](FORCED past the guardrail)[/]" if result.forced else ""
+        stderr.print(f"head version {result.version} is active (parent {result.parent}); "
+                     f"fitted in {m['fit_seconds']:.2f}s{note}")
+        return
+    print(f"error: guardrail refused the new head; version {result.parent} stays active. "
+          f"{' '.join(result.reasons)}. Check the labels of the local data, or pass --force", file=sys.stderr)
+    sys.exit(GUARDRAIL_EXIT)
+
+
+@cli.command("add-class")
+@_bundle_arg
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_guarded
+def add_class_cmd(bundle, name, images, tolerance, force, min_images, task, as_json):
+    """Add class NAME to the head from a few IMAGES (files or folders) by weight imprinting."""
+    from edgetl import ondevice
+
+    with progress_bars():
+        result = ondevice.add_class(bundle, name, list(images), task=task, min_images=min_images,
+                                    tolerance=tolerance, force=force)
+    _finish(result, as_json)
+
+
+@cli.command("retrain")
+@_bundle_arg
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the held-out split.")
+@_guarded
+def retrain_cmd(bundle, data, seed, tolerance, force, min_images, task, as_json):
+    """Refit the head on DATA/<class>/* (old and new classes) and activate it if it passes the guardrail."""
+    from edgetl import ondevice
+
+    with progress_bars():
+        result = ondevice.retrain(bundle, data, task=task, min_images=min_images, seed=seed, tolerance=tolerance,
+                                  force=force)
+    _finish(result, as_json)
+
+
+@cli.command("heads")
+@_bundle_arg
+@_task_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the versions (and problems) as JSON.")
+def heads_cmd(bundle, task, as_json):
+    """List the head versions in BUNDLE, the active one marked. Exit 1 when the store has a problem."""
+    from rich.table import Table
+
+    from edgetl import ondevice
+
+    report = ondevice.heads(bundle, task)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    elif report.factory_only:
+        stderr.print("no head store yet: the factory head (version 0) is active")
+    else:
+        table = Table(title=escape(f"heads in {bundle} (task {task}, * active)"), title_justify="left")
+        for col in ("", "ver", "parent", "created (UTC)", "source", "classes", "held-out", "reference", "sha256"):
+            table.add_column(col, overflow="fold")
+        for v in report.versions:
+            m = v.metrics
+            held = m.get("held_out_top1")
+            checks = {c["name"]: c for c in (m.get("guardrail") or {}).get("checks", [])}
+            ref = f"{100 * checks['reference']['new_accuracy']:.1f}%" if "reference" in checks else ""
+            if m.get("forced"):
+                ref += " [red]FORCED[/]"
+            table.add_row("*" if v.version == report.active else "", str(v.version),
+                          "" if v.parent is None else str(v.parent), v.created[:16].replace("T", " "),
+                          escape(v.source), str(len(v.labels)), "" if held is None else f"{100 * held:.1f}%", ref,
+                          v.sha256[:8])
+        stdout.print(table)
+    for p in report.problems:
+        print(f"problem: {p}", file=sys.stderr)
+    if report.problems:
+        print(f"error: the head store of '{bundle}' has {len(report.problems)} problem(s); "
+              "`edgetl-device rollback BUNDLE VERSION` to an intact version repairs it", file=sys.stderr)
+        sys.exit(1)
+
+
+@cli.command("rollback")
+@_bundle_arg
+@click.argument("version", type=click.IntRange(0), required=False)
+@_task_opt
+def rollback_cmd(bundle, version, task):
+    """Make VERSION (default: the active head's parent) the active head again."""
+    from edgetl import ondevice
+
+    now, was = ondevice.rollback(bundle, version, task)
+    stderr.print(f"head version {now} is active (was {was})")
+
+
+def main() -> None:
+    run_group(cli)
+
+
+if __name__ == "__main__":
+    main()

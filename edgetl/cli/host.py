@@ -1,0 +1,246 @@
+"""`edgetl`: the host CLI. Thin: parse options (generated from the config dataclasses), call
+the public API, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgetl.cli.common import escape, progress_bars, run_group, setup_logging, stdout
+from edgetl.cli.options import config_options
+from edgetl.exporter import ExportConfig
+from edgetl.transfer.config import FinetuneConfig
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """edgetl: fine-tune a compact backbone, compile it per edge device, ship a bundle.
+
+    \b
+    Typical flow:
+      edgetl finetune images/ --out runs/a            # train (transfer learning)
+      edgetl export runs/a --target rpi5 --out dist/rpi5
+      edgetl-device predict dist/rpi5 photo.jpg       # on the board, no torch
+
+    Add --debug anywhere to see tracebacks.
+    """
+    setup_logging(verbose)
+
+
+def print_metrics(title: str, metrics: dict, as_json: bool) -> None:
+    from rich.table import Table
+
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "data")}, ensure_ascii=False))
+        return
+    table = Table(title=escape(title))
+    table.add_column("class")
+    table.add_column("recall", justify="right")
+    table.add_column("images", justify="right")
+    for label, row in metrics["per_class"].items():
+        table.add_row(escape(label), f"{row['recall']:.3f}", str(row["support"]))
+    table.add_section()
+    table.add_row("top1", f"{metrics['top1']:.4f}", str(metrics["n"]))
+    table.add_row("balanced accuracy", f"{metrics['balanced_accuracy']:.4f}", "")
+    stdout.print(table)
+
+
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@config_options(FinetuneConfig)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def finetune(data, out, as_json, **options):
+    """Fine-tune a pretrained backbone on a folder of images.
+
+    DATA is either DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/* split here
+    (stratified, seeded). Unreadable files are reported by name and skipped.
+
+    \b
+    Writes OUT/model.pt (loads with torch.load(weights_only=True)), OUT/labels.txt,
+    OUT/metrics.json (top1, balanced_accuracy, n, per_class, confusion, strategy, history)
+    and OUT/training_curve.png.
+
+    \b
+    Examples:
+      edgetl finetune data/hymenoptera --strategy linear --out runs/h-lin
+      edgetl finetune data/digits --val-split 0.2 --strategy partial --unfreeze 3 --out runs/d
+      edgetl finetune data/insects --strategy linear --input-size 288 --out runs/i   # small objects
+      edgetl finetune data/parts --backbone mobilenetv3_large_100 --weights mnv3.pth --out runs/m
+    """
+    import edgetl
+
+    with progress_bars():
+        run = edgetl.finetune(data, out, **options)
+    print_metrics(f"{run.metrics['strategy']} · validation ({out})", run.metrics, as_json)
+    if not as_json:
+        click.echo(f"run written to {out}/ (model.pt, labels.txt, metrics.json, training_curve.png)")
+
+
+@cli.command("evaluate-run")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the metrics JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate_run(run, data, out, as_json):
+    """Evaluate a training checkpoint (torch) on DATA/<class>/* (or DATA/val/<class>/*).
+
+    \b
+    Example:
+      edgetl evaluate-run runs/h-lin data/hymenoptera/val
+    """
+    from edgetl.cli.common import check_writable
+    from edgetl.evaluate import evaluate_run_on_folder
+
+    check_writable(out)
+    with progress_bars():
+        metrics = evaluate_run_on_folder(run, data, out)
+    print_metrics(f"{run} on {data}", metrics, as_json)
+
+
+@cli.command()
+def backbones():
+    """List the supported backbones and their preprocessing."""
+    from rich.table import Table
+
+    from edgetl.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, package_weights_file
+
+    def norm(values, imagenet) -> str:
+        return "ImageNet" if tuple(values) == imagenet else ",".join(dict.fromkeys(f"{v:g}" for v in values))
+
+    def weights(spec) -> str:
+        if not spec.weight_package:
+            return "--weights PATH"
+        return "installed" if package_weights_file(spec) else "not installed"
+
+    table = Table(title="backbones",
+                  caption="weights: the default ones. --input-size N runs a backbone at N px, same crop fraction")
+    for col in ("name", "input", "resize", "mean", "std", "interp", "dim", "weights"):
+        table.add_column(col, no_wrap=col == "name")
+    for spec in BACKBONES.values():
+        p = spec.preprocess()
+        table.add_row(spec.name, str(spec.size), str(p.resize), norm(spec.mean, IMAGENET_MEAN),
+                      norm(spec.std, IMAGENET_STD), spec.interpolation, str(spec.embedding_dim), weights(spec))
+    stdout.print(table)
+
+
+@cli.command("cache")
+@click.option("--cache-dir", default=None, help="Cache folder (default $EDGETL_CACHE or ~/.cache/edgetl).")
+@click.option("--clear", is_flag=True, help="Delete the cached embeddings and backbones.")
+def cache_cmd(cache_dir, clear):
+    """Show what the fine-tuning cache holds, or clear it.
+
+    A linear probe embeds each image once per backbone and keeps the resolved pretrained
+    backbone, so a rerun over the same images takes seconds. Everything here can be
+    recomputed; clearing only makes the next run slow again.
+
+    \b
+    Examples:
+      edgetl cache
+      edgetl cache --clear
+    """
+    from rich.table import Table
+
+    from edgetl.transfer.cachedir import cache_entries, clear_cache
+    from edgetl.transfer.features import default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    if clear:
+        click.echo(f"cleared {root}: {clear_cache(root) / 1e6:.1f} MB freed")
+        return
+    entries = cache_entries(root)
+    table = Table(title=f"edgetl cache: {escape(str(root))}")
+    for col in ("kind", "what", "files", "MB", "folder"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.kind, escape(e.what), str(e.files), f"{e.bytes / 1e6:.1f}", escape(e.path.name))
+    table.add_section()
+    table.add_row("total", "", str(sum(e.files for e in entries)), f"{sum(e.bytes for e in entries) / 1e6:.1f}", "")
+    stdout.print(table)
+
+
+@cli.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
+def targets_cmd(as_json: bool) -> None:
+    """List the deployment targets (targets/*.yaml)."""
+    from rich.table import Table
+
+    from edgetl.targets import list_targets
+
+    targets = list_targets()
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in targets], indent=2))
+        return
+    table = Table(title="edgetl targets", caption="* the default precision · budget: latency per image, ms · "
+                                                  "tol.: accepted top-1 loss when quantized, points")
+    for col in ("name", "runtime", "chip", "precisions", "threads", "layout", "budget", "tol.", "calibration"):
+        table.add_column(col, no_wrap=col in ("name", "precisions", "runtime"))  # names are what --target takes
+    for t in targets:
+        precisions = ", ".join(f"{p}*" if p == t.default_precision else p for p in t.precisions)
+        table.add_row(t.name, t.runtime, t.cpu or t.gpu_arch or "-", precisions, str(t.threads), t.layout,
+                      f"{t.latency_budget_ms:g}", f"{t.accuracy_tolerance_pts:g}", t.calibration)
+    stdout.print(table)
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--target", "target", required=True, help="Target name (see `edgetl targets`) or a target YAML path.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle folder to write: new, empty, or an earlier bundle.")
+@config_options(ExportConfig)
+@click.option("--allow-accuracy-drop", is_flag=True, help="Exit 0 even if the quantized model misses the tolerance.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_cmd(run: Path, target: str, out: Path, allow_accuracy_drop: bool, as_json: bool, **options) -> None:
+    """Export RUN as a bundle for a target, evaluated with the device runtime.
+
+    Exit 1 when the quantized model misses the target's accuracy tolerance (the bundle and
+    its metrics are written either way).
+    """
+    import logging
+    import sys
+
+    import edgetl
+    from rich.table import Table
+
+    with progress_bars():
+        result = edgetl.export(run, target, out, **options)
+    manifest = result.manifest
+    if as_json:
+        click.echo(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False))
+    else:
+        m = manifest.metrics
+        table = Table(title=escape(f"{out}: {manifest.target_name} {manifest.precision} ({manifest.format})"))
+        for col in ("model", "top1", "balanced acc.", "size MB", "host ms/img"):
+            table.add_column(col)
+        for prec in dict.fromkeys(["fp32", manifest.precision]):
+            table.add_row(prec, f"{m[prec]['top1']:.4f}", f"{m[prec]['balanced_accuracy']:.4f}",
+                          f"{m['size_bytes'][prec] / 1e6:.2f}", f"{m[prec]['latency_ms']['inference_mean']:.1f}")
+        stdout.print(table)
+        if result.gate:
+            g = result.gate
+            verdict = "[green]pass[/]" if g["passed"] else ("[red]FAIL (accepted)[/]" if allow_accuracy_drop
+                                                            else "[red]FAIL[/]")
+            stdout.print(f"accuracy gate: drop {g['drop_pts']:.2f} pts, tolerance {g['tolerance_pts']:g} pts: {verdict}")
+    if not result.passed:
+        if allow_accuracy_drop:
+            logging.getLogger("edgetl").warning("%s; accepted (--allow-accuracy-drop)", result.message)
+        else:
+            print(f"error: {result.message}; try another --calib-recipe, or pass --allow-accuracy-drop to accept it",
+                  file=sys.stderr)
+            sys.exit(1)
+
+
+from edgetl.cli.device import evaluate_cmd  # noqa: E402  (the device runtime, run on the host)
+
+cli.add_command(evaluate_cmd)
+
+
+def main() -> None:
+    run_group(cli)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""`edgetl export`: a run -> a per-target bundle, scored with the device runtime and gated.
+
+The stages, top to bottom (each a function below):
+    plan      resolve target, format, precision (refused with the hardware's reason) and recipe
+    convert   the FP32 backbone in the target's format
+    quantize  the asked precision from it (calibrated on training-side images)
+    validate  the artifact is what the precision promises (format's own checks)
+    score     FP32 and quantized top-1 on the run's validation split, with the device runtime
+    gate      the target's accuracy tolerance: a verdict in the result, not an exception
+    write     BundleWriter: staged files + typed Manifest, swapped into place
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+import edgetl
+from edgetl.backends import Backbone, open_backend
+from edgetl.bundle import Bundle, BundleWriter, Head, Manifest
+from edgetl.core.fsutil import sha256_file
+from edgetl.core.images import scan_images
+from edgetl.core.options import opt
+from edgetl.errors import EdgetlError
+from edgetl.formats import ExportRequest, Format, format_for
+from edgetl.quantize.recipes import CalibrationRecipe, load_recipe, select_calibration_images, select_stratified
+from edgetl.runtime.evaluate import embed_paths, labelled_images, metrics_from_embeddings
+from edgetl.runtime.predictor import Predictor
+from edgetl.targets import Target, load_target
+
+log = logging.getLogger("edgetl")
+
+REFERENCE_MAX = 400  # reference embeddings kept for the on-device guardrail
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export options: what `edgetl export` parses (its options are generated from these
+    fields) and `edgetl.export(...)` takes."""
+
+    precision: str | None = opt(None, "Default: the target's.", choices=("int8", "fp16", "fp32"))
+    calib: str | None = opt(None, "Calibration images (default: the run's training split).")
+    calib_recipe: str | None = opt(None, "Calibration recipe name or YAML path (default: the target's).")
+    val: str | None = opt(None, "Validation class folders (default: the run's validation split).")
+    fused: bool = opt(False, "Also write a single-file model (image -> logits).")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced. A failed accuracy gate is a verdict here (`passed` False),
+    not an exception; the bundle and its metrics are written either way."""
+
+    bundle: Path
+    manifest: Manifest
+    passed: bool
+    message: str = ""  # why the gate failed, with the numbers
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.metrics
+
+    @property
+    def gate(self) -> dict | None:
+        return self.manifest.metrics.get("gate")
+
+
+@dataclass
+class _Plan:
+    run_dir: Path
+    run: object
+    target: Target
+    fmt: Format
+    precision: str
+    recipe: CalibrationRecipe
+    val_paths: list
+    val_y: list
+    train_paths: list
+    train_y: list
+    val_info: dict
+    calib_info: dict = field(default_factory=dict)
+
+
+# -- plan -----------------------------------------------------------------------------------
+def _versions(fmt: Format) -> dict:
+    def v(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    converter = {"tflite": ["litert-torch", "ai-edge-quantizer"], "tensorrt": ["onnx", "onnxruntime"]}.get(fmt.name, [])
+    runtime = {"tflite": ["ai-edge-litert"], "onnxruntime": ["onnxruntime"],
+               "tensorrt": ["onnxruntime"]}.get(fmt.backend, [])
+    return {"edgetl": edgetl.__version__, "torch": v("torch"), "timm": v("timm"),
+            "converter": {p: v(p) for p in converter}, "runtime": {p: v(p) for p in runtime}}
+
+
+def dataset_digest(root: Path, files: list[str]) -> str:
+    """Names the validation set by content and layout, not by a host path."""
+    h = __import__("hashlib").sha256()
+    for rel in sorted(files):
+        h.update(f"{rel}\t{sha256_file(root / rel)}\n".encode())
+    return h.hexdigest()
+
+
+def _validation_data(run_dir: Path, labels: list[str], val: Path | None):
+    """(val paths, val labels, train paths, train labels, description) for this run."""
+    if val is not None:
+        paths, y, _ = labelled_images(val, labels)
+        return paths, y, [], [], {"source": "folder given at export", "n": len(paths)}
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise EdgetlError(f"'{metrics_path}' is missing: the run is incomplete (finetune was interrupted?); "
+                          "re-run finetune, or pass val (class folders) to evaluate on")
+    try:
+        record = json.loads(metrics_path.read_text(encoding="utf-8")).get("data") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise EdgetlError(f"'{metrics_path}' is unreadable ({exc}); re-run finetune") from None
+    if not record.get("val_files"):
+        raise EdgetlError(f"'{metrics_path}' records no validation split; pass val (class folders) "
+                          "to evaluate the exported model")
+    from edgetl.data import split_from_record
+
+    split = split_from_record(record)
+    if list(split.labels) != list(labels):
+        raise EdgetlError(f"'{metrics_path}' lists labels {split.labels} but the run has {labels}; re-run finetune")
+    val_paths, val_y = zip(*split.val)
+    train = list(zip(*split.train)) if split.train else [(), ()]
+    info = {"source": "run validation split", "layout": record.get("layout"), "seed": record.get("seed"),
+            "val_split": record.get("val_split"), "n": len(val_paths),
+            "digest": dataset_digest(split.root, record["val_files"])}
+    return list(val_paths), list(val_y), list(train[0]), list(train[1]), info
+
+
+def plan(run_dir: Path, target_name: str, cfg: ExportConfig) -> _Plan:
+    from edgetl.model import load_run
+
+    run = load_run(run_dir)
+    target = load_target(target_name)
+    fmt = format_for(target.runtime)
+    precision = cfg.precision or target.default_precision
+    why = fmt.refusal(target, precision)
+    if why:
+        raise EdgetlError(f"{why} ({target.path})")
+    if precision not in target.precisions:
+        raise EdgetlError(f"target '{target.name}' ({target.path}) allows precisions {list(target.precisions)}, "
+                          f"not '{precision}'; pick one of those as precision")
+    recipe = load_recipe(cfg.calib_recipe or target.calibration)
+    val = _validation_data(run_dir, list(run.labels), Path(cfg.val) if cfg.val else None)
+    return _Plan(run_dir, run, target, fmt, precision, recipe, *val)
+
+
+# -- convert, quantize, validate ---------------------------------------------------------------
+def _calibration(p: _Plan, calib: Path | None, preprocess) -> list[np.ndarray]:
+    if calib is not None:
+        pool, _ = scan_images(calib)
+        if not pool:
+            raise EdgetlError(f"calibration folder '{calib}' holds no readable images")
+        # Stratify by the first folder under it when there are class folders.
+        groups = [q.relative_to(calib).parts[0] if len(q.relative_to(calib).parts) > 1 else "" for q in pool]
+        source = "calibration folder given at export"
+    elif p.train_paths:
+        pool, groups, source = p.train_paths, p.train_y, "run training split"
+    else:
+        raise EdgetlError("INT8 needs calibration images: the run records no training files; pass calib (a folder)")
+    chosen = select_calibration_images(pool, groups, p.recipe)
+    p.calib_info.update({"source": source, "pool": len(pool)})
+    log.info("calibrating on %d images from the %s (recipe '%s', method %s)", len(chosen), source, p.recipe.name,
+             p.recipe.method)
+    return [preprocess.batch([q]) for q in chosen]
+
+
+def convert_and_quantize(p: _Plan, w: BundleWriter, cfg: ExportConfig, preprocess) -> dict:
+    """FP32 artifact, then the asked precision from it; each validated. Returns their facts."""
+    fmt, target = p.fmt, p.target
+
+    def request(module, prec: str, base: Path | None = None) -> ExportRequest:
+        return ExportRequest(module=module, size=preprocess.size, layout=target.layout, precision=prec,
+                             recipe=p.recipe, calibration=lambda: _calibration(p, Path(cfg.calib) if cfg.calib else None,
+                                                                              preprocess),
+                             threads=min(target.threads, 2), base=base, target=target)
+
+    backbone_file = f"backbone{fmt.suffix}"
+    fp32_file = backbone_file if p.precision == "fp32" else f"backbone.fp32{fmt.suffix}"
+    log.info("exporting %s FP32 (%s) for target '%s'", p.run.spec.name, fmt.name, target.name)
+    fp32 = fmt.export(request(p.run.backbone, "fp32"), w.path(fp32_file))
+    facts = fmt.validate(fp32.path, "fp32")
+    out = {"backbone_file": backbone_file, "fp32": fp32, "fp32_size": facts["size_bytes"],
+           "exported": fp32, "facts": facts}
+    if p.precision != "fp32":
+        log.info("quantizing to %s", p.precision.upper())
+        exported = fmt.export(request(p.run.backbone, p.precision, base=fp32.path), w.path(backbone_file))
+        out.update(exported=exported, facts=fmt.validate(exported.path, p.precision))
+    out["request"] = request
+    return out
+
+
+# -- score, gate ---------------------------------------------------------------------------
+def score(p: _Plan, stage: Path, manifest: Manifest, head: Head, model_file: str, io: dict,
+          description: str, backend: str) -> tuple[dict, np.ndarray]:
+    """Top-1 etc. of one staged artifact on the validation split, with the device runtime."""
+    model = {**manifest.model, "file": model_file, **io}
+    staged = Bundle(stage, manifest.replace(model=model, files={model_file: "0" * 64}))
+    threads = min(p.target.threads, os.cpu_count() or 1)
+    backbone = Backbone(staged.preprocess, open_backend(backend, stage / model_file, model, threads),
+                        manifest.embedding_dim, model["input"]["shape"])
+    predictor = Predictor(staged, backbone, head=head)
+    embeddings, seconds = embed_paths(predictor, p.val_paths, description=description)
+    return metrics_from_embeddings(predictor, embeddings, p.val_y, seconds), embeddings
+
+
+def gate(metrics: dict, precision: str, target: Target) -> dict:
+    fp32, quant = metrics["fp32"]["top1"], metrics[precision]["top1"]
+    drop = (fp32 - quant) * 100.0
+    return {"quantized": precision, "drop_pts": drop, "tolerance_pts": target.accuracy_tolerance_pts,
+            "passed": drop <= target.accuracy_tolerance_pts}
+
+
+def _gate_message(manifest: Manifest, out: Path, target: Target) -> str:
+    m, g, precision = manifest.metrics, manifest.metrics["gate"], manifest.precision
+    return (f"{precision.upper()} top1 {m[precision]['top1']:.2%} is {g['drop_pts']:.2f} points below FP32 "
+            f"{m['fp32']['top1']:.2%} on {m['val']['n']} validation images, above target '{target.name}' "
+            f"tolerance of {target.accuracy_tolerance_pts:g} points ({target.path}: accuracy_tolerance_pts); "
+            f"the bundle and its metrics are in '{out}'")
+
+
+# -- the pipeline ----------------------------------------------------------------------------
+def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportConfig = ExportConfig()) -> ExportResult:
+    """Export `run_dir` for `target` into the bundle folder `out` (see the module docstring)."""
+    started = time.perf_counter()
+    run_dir, out = Path(run_dir), Path(out)
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise EdgetlError(f"out '{out}' is the run folder or inside it; pass a folder outside '{run_dir}'")
+    p = plan(run_dir, target, cfg)
+    run, fmt = p.run, p.fmt
+    preprocess = run.preprocess.with_layout(p.target.layout)
+    labels = tuple(run.labels)
+    head = Head(run.model.head.weight.detach().cpu().numpy().astype(np.float32),
+                run.model.head.bias.detach().cpu().numpy().astype(np.float32), labels)
+
+    with BundleWriter(out) as w:
+        np.savez(w.path("head.npz"), weight=head.weight, bias=head.bias)
+        w.add_file("head.npz", w.path("head.npz"))
+        w.add_bytes("labels.txt", ("\n".join(labels) + "\n").encode("utf-8"))  # a convenience; the manifest rules
+        art = convert_and_quantize(p, w, cfg, preprocess)
+        exported, facts = art["exported"], art["facts"]
+        manifest = Manifest(
+            target=p.target.to_dict(), precision=p.precision, backend=fmt.backend, format=fmt.name,
+            model={"file": art["backbone_file"], **exported.io, "embedding_dim": int(head.weight.shape[1])},
+            preprocess=preprocess.to_dict(), labels=labels, metrics={}, versions=_versions(fmt),
+            backbone={"name": run.spec.name, "weights": run.weights_origin, "strategy": run.strategy},
+            export={k: v for k, v in exported.info.items() if k != "calibration"} | {"validation": facts},
+            metrics_backend=fmt.host_backend)
+
+        host_backend = fmt.host_backend or fmt.backend
+        metrics: dict = {"val": p.val_info}
+        metrics["fp32"], embeddings = score(p, w.stage, manifest, head, art["fp32"].path.name, art["fp32"].io,
+                                            "evaluating FP32", host_backend)
+        if p.precision != "fp32":
+            metrics[p.precision], embeddings = score(p, w.stage, manifest, head, art["backbone_file"], exported.io,
+                                                     f"evaluating {p.precision.upper()}", host_backend)
+            metrics["gate"] = gate(metrics, p.precision, p.target)
+        metrics["size_bytes"] = {"fp32": art["fp32_size"], p.precision: facts["size_bytes"]}
+        run_metrics = run_dir / "metrics.json"
+        if cfg.val is None:
+            torch_m = json.loads(run_metrics.read_text(encoding="utf-8"))
+            metrics["torch"] = {k: torch_m.get(k) for k in ("top1", "balanced_accuracy", "n")}
+
+        ref_idx = select_stratified(list(range(len(p.val_y))), p.val_y, REFERENCE_MAX, seed=0)
+        np.savez(w.path("reference.npz"), embeddings=embeddings[ref_idx].astype(np.float32),
+                 labels=np.asarray(p.val_y, np.int64)[ref_idx])
+        w.add_file("reference.npz", w.path("reference.npz"))
+        w.add_file(art["backbone_file"], exported.path)
+        for name, path in exported.extra_files.items():
+            w.add_file(name, path)
+        extra: dict = {"reference": {"file": "reference.npz", "n": len(ref_idx), "source": "validation images",
+                                     "precision": p.precision}}
+        if "calibration" in exported.info:
+            extra["calibration"] = {**exported.info["calibration"], **p.calib_info}
+        if cfg.fused:
+            extra["fused"] = _fused(p, w, art["request"], run, preprocess, host_backend)
+        export_info = {**manifest.export, "seconds": round(time.perf_counter() - started, 1)}
+        manifest = w.commit(manifest.replace(metrics=metrics, export=export_info, **extra))
+
+    passed = bool(metrics.get("gate", {}).get("passed", True))
+    return ExportResult(out, manifest, passed, "" if passed else _gate_message(manifest, out, p.target))
+
+
+def _fused(p: _Plan, w: BundleWriter, request, run, preprocess, host_backend: str) -> dict:
+    fused_file = f"model{p.fmt.suffix}"
+    log.info("exporting the fused single-file model (%s)", p.precision.upper())
+    fused = p.fmt.export(request(run.model.eval(), p.precision), w.path(fused_file))
+    p.fmt.validate(fused.path, p.precision)
+    backend = open_backend(host_backend, fused.path, fused.io, min(p.target.threads, os.cpu_count() or 1))
+    logits = np.concatenate([backend.run(preprocess.batch(p.val_paths[i:i + 16]))
+                             for i in range(0, len(p.val_paths), 16)])
+    w.add_file(fused_file, fused.path)
+    return {"file": fused_file, **fused.io, "num_classes": len(run.labels),
+            "top1": float((logits.argmax(1) == np.asarray(p.val_y)).mean())}

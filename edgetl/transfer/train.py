@@ -1,0 +1,193 @@
+"""Training loops: the head on cached embeddings, and the backbone on augmented images.
+
+Both stop early on validation balanced accuracy and restore the best weights, so the
+saved model is the one whose numbers metrics.json reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.adamw import adamw
+from torch.utils.data import DataLoader
+
+from edgetl.data import ImageDataset, train_transform
+from edgetl.transfer.config import FinetuneConfig
+from edgetl.transfer.cpu import CHUNK, as_input, channels_last, chunks
+from edgetl.core.progress import track
+from edgetl.transfer.strategies import param_groups, set_train_mode
+
+log = logging.getLogger("edgetl")
+from edgetl.core.metrics import balanced_accuracy
+
+
+class EarlyStopping:
+    """Keeps the epoch with the best validation balanced accuracy. Accuracy on a few hundred
+    images moves in steps, so ties are common; a tie goes to the lower validation loss
+    (the more confident of equally accurate models) instead of to whichever came first."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = (-1.0, float("inf"))
+        self.best_epoch = -1
+        self.best_state = None
+
+    def start_from(self, score: float, loss: float, module: nn.Module) -> None:
+        """Make the starting weights a candidate (epoch -1): training must beat them to count."""
+        self.best, self.best_epoch = (score, loss), -1
+        self.best_state = copy.deepcopy(module.state_dict())
+
+    def update(self, score: float, loss: float, epoch: int, module: nn.Module) -> bool:
+        """Record the epoch; True when training should stop."""
+        best_score, best_loss = self.best
+        if score > best_score + 1e-6 or (score > best_score - 1e-6 and loss < best_loss):
+            self.best, self.best_epoch = (score, loss), epoch
+            self.best_state = copy.deepcopy(module.state_dict())
+        return epoch - self.best_epoch >= self.patience
+
+
+class FunctionalAdamW:
+    """torch's AdamW update (`torch.optim.adamw.adamw`, the functional API the AdamW class
+    calls), with its state held here.
+
+    Why not `torch.optim.AdamW`: an Optimizer's first use imports torch._dynamo, about 2 s
+    on this 2-core machine and most of a linear probe whose embeddings are all cached. The
+    update is the same computation; a test checks it against torch.optim.AdamW.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.exp_avgs = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
+        self.steps = [torch.tensor(0.0) for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
+        pick = lambda xs: [xs[i] for i in with_grad]  # noqa: E731
+        adamw(pick(self.params), [self.params[i].grad for i in with_grad], pick(self.exp_avgs),
+              pick(self.exp_avg_sqs), [], pick(self.steps), foreach=False, amsgrad=False, beta1=self.betas[0],
+              beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
+
+
+def train_head(head: nn.Linear, dropout: float, train_x, train_y, val_x, val_y, cfg: FinetuneConfig,
+               epochs: int, lr: float, patience: int) -> list[dict]:
+    """Softmax regression on frozen embeddings (feature extraction). Seconds on a CPU."""
+    num_classes = head.out_features
+    model = nn.Sequential(nn.Dropout(dropout), head)
+    opt = FunctionalAdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    tx, ty = torch.from_numpy(train_x), torch.from_numpy(np.asarray(train_y, dtype=np.int64))
+    vx, vy = torch.from_numpy(val_x), np.asarray(val_y)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stopper, history = EarlyStopping(patience), []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(tx), generator=gen)
+        total = 0.0
+        for start in range(0, len(tx), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            loss = loss_fn(model(tx[idx]), ty[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        with torch.no_grad():
+            logits = head(vx)
+            val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(vy.astype(np.int64))))
+        pred = logits.argmax(1).numpy()
+        bacc = balanced_accuracy(vy, pred, num_classes)
+        history.append({"phase": "linear", "epoch": epoch, "train_loss": total / len(tx), "val_loss": val_loss,
+                        "val_top1": float((pred == vy).mean()), "val_balanced_accuracy": bacc})
+        if stopper.update(bacc, val_loss, epoch, head):
+            break
+    head.load_state_dict(stopper.best_state)
+    history[stopper.best_epoch]["kept"] = True  # the weights that were restored
+    return history
+
+
+def predict_logits(model: nn.Module, items, preprocess) -> np.ndarray:
+    channels_last(model).eval()
+    loader = DataLoader(ImageDataset(items, preprocess), batch_size=CHUNK, shuffle=False)
+    out = []
+    with torch.inference_mode():
+        for x, _ in loader:
+            out.append(model(as_input(x)).numpy())
+    return np.concatenate(out)
+
+
+def train_backbone(model, trainable_stages, train_items, val_items, preprocess, cfg: FinetuneConfig,
+                   epochs: int, lr: float, patience: int, strategy: str,
+                   start: tuple[float, float] | None = None) -> list[dict]:
+    """Fine-tune the trainable stages and the head on augmented images.
+
+    `start` is the model's validation (balanced accuracy, loss) as it enters (the linear
+    probe's). The starting weights stay a candidate, so fine-tuning never hands back a model
+    that is worse on the validation split than the probe it began from; if no epoch beats
+    it, no history row is marked kept and the caller keeps the probe.
+    """
+    num_classes = model.head.out_features
+    channels_last(model)  # before the optimiser and the L2-SP reference capture the parameters
+    l2sp_ref = None
+    if cfg.l2sp > 0:
+        l2sp_ref = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if p.requires_grad}
+    groups = param_groups(model, trainable_stages, lr, cfg.backbone_lr_ratio, cfg.layer_decay, cfg.weight_decay,
+                          l2sp=l2sp_ref is not None)
+    opt = torch.optim.AdamW(groups)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    transform = train_transform(preprocess, cfg.augment)
+    loader = DataLoader(ImageDataset(train_items, preprocess, transform), batch_size=cfg.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(cfg.seed), num_workers=0)
+    val_y = np.array([c for _, c in val_items])
+    stopper, history = EarlyStopping(patience), []
+    if start is not None:
+        stopper.start_from(*start, model)
+    with track(f"{strategy} fine-tuning", epochs * len(loader)) as task:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            set_train_mode(model)
+            total, seen = 0.0, 0
+            for x, y in loader:
+                opt.zero_grad()
+                batch_loss = 0.0
+                for part in chunks(len(y)):  # gradients of the chunks add up to the batch's (cpu.py)
+                    loss = loss_fn(model(as_input(x[part])), y[part]) * (len(y[part]) / len(y))
+                    loss.backward()
+                    batch_loss += loss.item()
+                if l2sp_ref is not None:
+                    penalty = 0.5 * cfg.l2sp * sum(((p - l2sp_ref[n]) ** 2).sum()
+                                                   for n, p in model.backbone.named_parameters() if n in l2sp_ref)
+                    penalty.backward()
+                    batch_loss += penalty.item()
+                opt.step()
+                total += batch_loss * len(y)
+                seen += len(y)
+                task.advance()
+            sched.step()
+            logits = predict_logits(model, val_items, preprocess)
+            pred = logits.argmax(1)
+            val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y)))
+            bacc = balanced_accuracy(val_y, pred, num_classes)
+            history.append({"phase": strategy, "epoch": epoch, "train_loss": total / seen, "val_loss": val_loss,
+                            "val_top1": float((pred == val_y).mean()), "val_balanced_accuracy": bacc,
+                            "seconds": time.perf_counter() - t0})
+            log.info("epoch %d: train loss %.3f, val top1 %.3f, balanced %.3f", epoch, total / seen,
+                     history[-1]["val_top1"], bacc)
+            if stopper.update(bacc, val_loss, epoch, model):
+                break
+    model.load_state_dict(stopper.best_state)
+    if stopper.best_epoch >= 0:
+        history[stopper.best_epoch]["kept"] = True
+    return history
