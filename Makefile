@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgetl-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ demo: $(STAMP)
 	$(BIN)/edgetl-device predict $(DEMO_OUT)/rpi5 $(DEMO_IMAGES)
 	@echo "demo results: $(DEMO_OUT)/run (metrics.json, training_curve.png), $(DEMO_OUT)/rpi5 (bundle, manifest.json)"
 
+# The full suite: what CI runs (.ci/run). Tests that need ../shared/data skip, named, without it.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit loop: everything that does not train or convert a model (under 2 minutes here).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,18 @@ method: minmax
 pytest_plugins = ["tests.tflite_fixtures", "tests.jetson_fixtures"]
 
 
+# Fixtures that train or convert a real model: a test using one is in the full tier only
+# (`make test`); `make test-fast` runs the rest (`-m "not slow"`).
+HEAVY_FIXTURES = {"trained_run", "int8_bundle", "fp32_bundle", "orin_int8_bundle", "device_bundle", "lite0",
+                  "fp32_onnx", "qdq", "schema1_bundle"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run a real CLI process (EDGETL, DEVICE) and capture its output."""
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -36,9 +49,26 @@ def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
 
 def manifest_json(bundle: Path) -> dict:
     """A bundle's manifest.json as written (what a reader without edgetl sees)."""
-    import json
-
     return json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
+
+
+def val_images(run_dir: Path, n: int | None = None) -> tuple[list[Path], list[int]]:
+    """The validation split a run recorded in metrics.json: (paths, class indices)."""
+    from edgetl.data import split_from_record
+
+    split = split_from_record(json.loads((Path(run_dir) / "metrics.json").read_text())["data"])
+    items = split.val[:n] if n else split.val
+    return [p for p, _ in items], [c for _, c in items]
+
+
+def val_folder(run_dir: Path, dst: Path) -> Path:
+    """The run's validation split as DATA/<class>/ symlinks, for the folder-taking commands."""
+    labels = json.loads((Path(run_dir) / "metrics.json").read_text())["data"]["labels"]
+    for path, y in zip(*val_images(run_dir)):
+        link = dst / labels[y] / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(path, link)
+    return dst
 
 
 def needs_shared(path: Path):

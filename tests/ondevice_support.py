@@ -7,10 +7,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-DEVICE_CLI = str(Path(sys.executable).with_name("edgetl-device"))
+from tests.conftest import DEVICE as DEVICE_CLI  # noqa: E402  (one definition of the device CLI path)
 # torch, timm and onnx made unimportable, as on a device.
 # Wide lines so rich does not wrap file names in the log.
 DEVICE_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).with_name("no_torch")), "COLUMNS": "400"}

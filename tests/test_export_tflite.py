@@ -11,18 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import manifest_json
+from tests.conftest import DEMO, EDGETL, manifest_json, run_cli, val_images
 from edgetl.runtime.predictor import Predictor
-from tests.conftest import DEMO
-from tests.conftest import EDGETL, run_cli
-
-
-def val_images(run_dir: Path, n: int | None = None) -> tuple[list[Path], list[int]]:
-    from edgetl.data import split_from_record
-
-    split = split_from_record(json.loads((run_dir / "metrics.json").read_text())["data"])
-    items = split.val[:n] if n else split.val
-    return [p for p, _ in items], [c for _, c in items]
 
 
 def test_fp32_tflite_logits_match_torch(trained_run, fp32_bundle):
@@ -83,9 +73,9 @@ def test_int8_bundle_is_full_integer_and_evaluated(int8_bundle, trained_run):
         assert key in metrics["fp32"] and key in metrics["int8"]
     assert metrics["fp32"]["top1"] >= 0.8  # real Lite0 weights on the demo digits
     gate = metrics["gate"]
-    assert gate["drop_pts"] == pytest.approx((metrics["fp32"]["top1"] - metrics["int8"]["top1"]) * 100)
-    assert gate["passed"] == (gate["drop_pts"] <= gate["tolerance_pts"])
-    assert abs(gate["drop_pts"]) <= 10.0
+    correct = {p: sum(row[i] for i, row in enumerate(metrics[p]["confusion"])) for p in ("fp32", "int8")}
+    assert gate["drop_pts"] == pytest.approx((correct["fp32"] - correct["int8"]) * 100 / len(y))
+    assert metrics["int8"]["top1"] >= 0.8 and gate["tolerance_pts"] == 1.0  # targets/rpi5.yaml
     assert metrics["size_bytes"]["int8"] <= metrics["size_bytes"]["fp32"] / 3
     assert m["calibration"]["method"] == "minmax" and m["calibration"]["images"] == 64
     assert m["calibration"]["source"] == "run training split"

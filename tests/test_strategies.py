@@ -13,12 +13,12 @@ from edgetl.model import Classifier
 
 
 @pytest.fixture(scope="module")
-def lite0():
+def lite0_arch():
     return create_architecture("tf_efficientnet_lite0")
 
 
-def test_discriminative_learning_rates(lite0):
-    model = Classifier(lite0, 1280, 2)
+def test_discriminative_learning_rates(lite0_arch):
+    model = Classifier(lite0_arch, 1280, 2)
     trainable = freeze_for("partial", model.backbone, 3)
     groups = param_groups(model, trainable, lr=1e-3, backbone_lr_ratio=0.1, layer_decay=0.5, weight_decay=1e-4,
                           l2sp=False)
@@ -34,15 +34,15 @@ def test_discriminative_learning_rates(lite0):
     assert all(g["weight_decay"] == 0.0 for g in with_l2sp[1:])  # the backbone is pulled to its start instead
 
 
-def test_linear_freezes_everything_and_unfreeze_is_bounded(lite0):
-    assert freeze_for("linear", lite0, 3) == [] and not any(p.requires_grad for p in lite0.parameters())
+def test_linear_freezes_everything_and_unfreeze_is_bounded(lite0_arch):
+    assert freeze_for("linear", lite0_arch, 3) == [] and not any(p.requires_grad for p in lite0_arch.parameters())
     with pytest.raises(EdgetlError, match="--unfreeze 99 must be between 1 and"):
-        freeze_for("partial", lite0, 99)
-    assert len(backbone_stages(lite0)) == 1 + len(lite0.blocks) + 1  # stem, block groups, head conv
+        freeze_for("partial", lite0_arch, 99)
+    assert len(backbone_stages(lite0_arch)) == 1 + len(lite0_arch.blocks) + 1  # stem, block groups, head conv
 
 
-def test_batchnorm_statistics_stay_pretrained_while_its_affine_trains(lite0):
-    model = Classifier(lite0, 1280, 2)
+def test_batchnorm_statistics_stay_pretrained_while_its_affine_trains(lite0_arch):
+    model = Classifier(lite0_arch, 1280, 2)
     freeze_for("full", model.backbone, 0)
     bn = model.backbone.bn2
     stats_before = (bn.running_mean.clone(), bn.running_var.clone())

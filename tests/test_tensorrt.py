@@ -122,9 +122,13 @@ def test_int8_bundle_contents(orin_int8_bundle):
     assert m["export"]["validation"]["qdq"]["convs_qdq_weight"] == 49
     assert m["export"]["opset"] == 19 and m["model"]["input"]["shape"] == [-1, 3, 224, 224]
     assert (orin_int8_bundle / "backbone.calibration.cache").read_text().startswith("TRT-10300-EntropyCalibration2\n")
-    for precision in ("fp32", "int8"):
-        assert 0 <= m["metrics"][precision]["top1"] <= 1 and m["metrics"][precision]["n"] == m["metrics"]["val"]["n"]
-    assert m["metrics"]["gate"]["tolerance_pts"] == 1.0 and isinstance(m["metrics"]["gate"]["passed"], bool)
+    metrics = m["metrics"]
+    # The FP32 ONNX on onnxruntime reproduces the torch run on the same 50 images (within one image).
+    assert abs(metrics["fp32"]["top1"] - metrics["torch"]["top1"]) <= 1 / metrics["val"]["n"] + 1e-9
+    assert metrics["int8"]["top1"] >= 0.7 and metrics["int8"]["n"] == metrics["val"]["n"] == 50
+    correct = {p: sum(row[i] for i, row in enumerate(metrics[p]["confusion"])) for p in ("fp32", "int8")}
+    assert metrics["gate"]["drop_pts"] == pytest.approx((correct["fp32"] - correct["int8"]) * 100 / 50)
+    assert metrics["gate"]["tolerance_pts"] == 1.0  # targets/jetson-orin-nano.yaml
 
 
 def test_print_trtexec_and_build_without_tensorrt(orin_int8_bundle):

@@ -28,7 +28,7 @@ def option_for(f: dataclasses.Field) -> typing.Callable:
     name = "--" + f.name.replace("_", "-")
     kwargs: dict = {"default": f.default, "help": meta.get("help", ""), "show_default": f.default is not None}
     if kind is bool:
-        return click.option(name, f.name, is_flag=True, help=kwargs["help"])
+        return click.option(name, f.name, is_flag=True, default=f.default, help=kwargs["help"])
     if meta.get("choices"):
         kwargs["type"] = click.Choice(list(meta["choices"]))
     elif kind is float:
