@@ -25,6 +25,7 @@ import numpy as np
 import edgetl
 from edgetl.backends import Backbone, open_backend
 from edgetl.bundle import Bundle, BundleWriter, Head, Manifest
+from edgetl.bundle.writer import check_destination
 from edgetl.core.fsutil import sha256_file
 from edgetl.core.images import scan_images
 from edgetl.core.options import opt
@@ -238,6 +239,7 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
     run_dir, out = Path(run_dir), Path(out)
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise EdgetlError(f"out '{out}' is the run folder or inside it; pass a folder outside '{run_dir}'")
+    check_destination(out)  # refuse a folder of user files before seconds of loading, not after
     p = plan(run_dir, target, cfg)
     run, fmt = p.run, p.fmt
     preprocess = run.preprocess.with_layout(p.target.layout)

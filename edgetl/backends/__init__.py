@@ -11,6 +11,7 @@ Predictor and the on-device adaptation both embed through it.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,8 @@ from PIL import Image
 from edgetl.bundle import Bundle
 from edgetl.core.preprocess import ImageLike, Preprocess
 from edgetl.errors import EdgetlError
+
+log = logging.getLogger("edgetl")
 
 MAX_THREADS = 256
 
@@ -101,7 +104,15 @@ class Backbone:
     def open(cls, bundle: Bundle, threads: int | None = None) -> "Backbone":
         """Load `bundle`'s model on its backend with `threads` (default: the target's, else every core)."""
         m = bundle.manifest
-        threads = check_threads(threads) or m.threads or os.cpu_count()
+        threads = check_threads(threads)
+        cpus = os.cpu_count() or 1
+        if threads and threads > cpus:
+            # More threads than cores only slows LiteRT down, and each one reserves a stack
+            # (8 MB): 256 of them exhaust a 32-bit board's or a memory-limited service's
+            # address space, which surfaces as a failed model load or a MemoryError.
+            log.warning("%d inference threads asked for, but this machine has %d CPUs; using %d", threads, cpus, cpus)
+            threads = cpus
+        threads = threads or m.threads or cpus
         backend = open_backend(m.backend, bundle.model_path, m.model, threads)
         return cls(bundle.preprocess, backend, m.embedding_dim, m.model["input"]["shape"])
 

@@ -96,14 +96,18 @@ class Bundle:
         return {"backbone_sha256": self.manifest.files[self.manifest.model_file],
                 "embedding_dim": self.manifest.embedding_dim, "factory_labels": list(self.labels)}
 
-    def heads(self, task: str = DEFAULT_TASK) -> HeadStore:
+    def heads(self, task: str = DEFAULT_TASK, repair: bool = False) -> HeadStore:
         """The device-owned head store of `task` (it may not exist yet).
+
+        Args:
+            task: which head of a multi-task bundle.
+            repair: accept an index whose active version is not listed (rollback repairs it).
 
         Raises:
             EdgetlError: the store belongs to another bundle (by its recorded binding, or for a
                 store written before bindings by a v0 that is not this bundle's factory head).
         """
-        store = HeadStore(self.dir, task, self.binding())
+        store = HeadStore(self.dir, task, self.binding(), repair=repair)
         if store.exists():
             index = store.index()  # checks a recorded binding
             if "binding" not in index:

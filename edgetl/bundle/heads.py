@@ -111,7 +111,8 @@ def utc_now() -> str:
 
 def store_dir(bundle_dir: str | Path, task: str = DEFAULT_TASK) -> Path:
     if not _TASK_NAME.match(task):
-        raise EdgetlError(f"task name '{task}' must be letters, digits, '_', '-' or '.'")
+        raise EdgetlError(f"task name {task!r} must be 1 to 64 letters, digits, '_', '-' or '.', starting with a "
+                          "letter or digit")
     root = Path(bundle_dir) / "heads"
     return root if task == DEFAULT_TASK else root / task
 
@@ -119,12 +120,16 @@ def store_dir(bundle_dir: str | Path, task: str = DEFAULT_TASK) -> Path:
 class HeadStore:
     """The versions of one task's head. Reading needs no lock; writing goes through `writer()`."""
 
-    def __init__(self, bundle_dir: str | Path, task: str = DEFAULT_TASK, binding: dict | None = None):
+    def __init__(self, bundle_dir: str | Path, task: str = DEFAULT_TASK, binding: dict | None = None,
+                 repair: bool = False):
         self.bundle_dir = Path(bundle_dir)
         self.task = task
         self.dir = store_dir(bundle_dir, task)
         self.index_path = self.dir / INDEX
         self.binding = binding  # what the index must record (Bundle.heads() passes it)
+        # rollback opens the store to repair it: an index whose `active` names no listed
+        # version is then readable, so that `rollback VERSION` can point it at a listed one.
+        self.repair = repair
 
     # -- reading ----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -135,6 +140,9 @@ class HeadStore:
             index = json.loads(self.index_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise EdgetlError(f"'{self.dir}' holds no head store yet; the factory head is in use") from None
+        except PermissionError:
+            raise EdgetlError(f"cannot read the head index '{self.index_path}' (permission denied); run as the "
+                              f"bundle's owner, or make '{self.dir}' readable to this user") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EdgetlError(f"head index '{self.index_path}' is corrupt ({exc}); delete '{self.dir}' to go "
                               "back to the factory head") from None
@@ -151,22 +159,33 @@ class HeadStore:
         if not isinstance(versions, list) or not versions:
             raise EdgetlError(f"head index '{self.index_path}' lists no versions; {fix}")
         seen = set()
-        for e in versions:
-            ok = isinstance(e, dict) and isinstance(e.get("version"), int) and isinstance(e.get("file"), str) \
-                and _HEAD_FILE.match(e["file"]) and isinstance(e.get("sha256"), str) \
-                and isinstance(e.get("labels"), list) and "parent" in e
-            if not ok:
-                raise EdgetlError(f"head index '{self.index_path}' has a malformed entry {e!r} (each needs version, "
-                                  f"file, sha256, labels, parent); {fix}")
+        for i, e in enumerate(versions):
+            if not isinstance(e, dict):
+                raise EdgetlError(f"head index '{self.index_path}': entry {i} is a {type(e).__name__}, not an "
+                                  f"object; {fix}")
+            checks = {"version": type(e.get("version")) is int and e["version"] >= 0,
+                      "file": isinstance(e.get("file"), str) and bool(_HEAD_FILE.match(e["file"])),
+                      "sha256": isinstance(e.get("sha256"), str),
+                      "labels": isinstance(e.get("labels"), list),
+                      "parent": "parent" in e and (e["parent"] is None or type(e["parent"]) is int)}
+            bad = [key for key, ok in checks.items() if not ok]
+            if bad:
+                raise EdgetlError(f"head index '{self.index_path}': entry {i} (version {e.get('version')!r}) lacks "
+                                  f"a valid {', '.join(repr(k) for k in bad)}; {fix}")
+            if e["version"] in seen:
+                raise EdgetlError(f"head index '{self.index_path}' lists version {e['version']} twice; {fix}")
             seen.add(e["version"])
         active = index.get("active")
-        if not isinstance(active, int) or active not in seen:
+        if (type(active) is not int or active not in seen) and not self.repair:
+            task = "" if self.task == DEFAULT_TASK else f" --task {self.task}"
             raise EdgetlError(f"head index '{self.index_path}' marks version {active!r} active, but it lists only "
-                              f"{sorted(seen)}; `edgetl-device rollback BUNDLE {max(seen)}` makes a listed one active")
+                              f"{sorted(seen)}; `edgetl-device rollback '{self.bundle_dir}' {max(seen)}{task}` "
+                              "makes a listed one active")
         recorded = index.get("binding")
         if self.binding and recorded and recorded != self.binding:
+            theirs = recorded.get("backbone_sha256") if isinstance(recorded, dict) else None
             raise EdgetlError(f"head store '{self.dir}' belongs to another bundle (its index records backbone "
-                              f"{str(recorded.get('backbone_sha256'))[:12]}, this bundle's is "
+                              f"{str(theirs)[:12]}, this bundle's is "
                               f"{str(self.binding.get('backbone_sha256'))[:12]}); move '{self.dir}' away to start "
                               "from this bundle's factory head")
 
@@ -201,16 +220,20 @@ class HeadStore:
         version = self.active_version(index)
         return version, self.load(version, index)
 
-    def verify(self) -> list[str]:
-        """Problems with any listed version (empty when every file is present and intact)."""
-        problems = []
+    def damaged(self) -> dict[int, str]:
+        """{version: problem} for every listed version whose file is missing, tampered or unreadable."""
+        problems = {}
         index = self.index()
         for e in index["versions"]:
             try:
                 self.load(e["version"], index)
             except EdgetlError as exc:
-                problems.append(str(exc))
+                problems[e["version"]] = str(exc)
         return problems
+
+    def verify(self) -> list[str]:
+        """Problems with any listed version (empty when every file is present and intact)."""
+        return list(self.damaged().values())
 
     def state_key(self) -> tuple | None:
         """Changes whenever the index is replaced (atomic rename = new inode), for cheap reloads."""

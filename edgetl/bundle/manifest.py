@@ -41,12 +41,23 @@ def manifest_digest(body: dict) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def check_label(label: Any, where: str) -> str:
-    """A class label as a bundle stores it: a non-empty single-line string."""
+def check_label(label: Any, where: str, fix: str = "rename the class folder") -> str:
+    """A class label as a bundle stores it: a non-empty single-line UTF-8 string.
+
+    Args:
+        label: the candidate.
+        where: what to name in the error (a file, a folder, a command).
+        fix: what the user should do, ending the error.
+    """
     if not isinstance(label, str) or not label.strip():
         raise BundleError(f"{where}: label {label!r} is empty or not text")
     if any(c in label for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
-        raise BundleError(f"{where}: label {label!r} contains a line break; rename the class folder")
+        raise BundleError(f"{where}: label {label!r} contains a line break; {fix}")
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:  # a file name in another encoding, read with surrogate escapes
+        raise BundleError(f"{where}: label {label!r} is not valid UTF-8 text (a name in another encoding?); "
+                          f"{fix}") from None
     return label
 
 

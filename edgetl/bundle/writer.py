@@ -2,10 +2,12 @@
 
 What it will and will not overwrite (docs/reliability.md):
 - an empty or missing folder: written;
-- an earlier edgetl bundle (it has a valid-looking manifest.json): replaced, unless its head
-  store holds versions beyond the factory head v0, which the field trained and only the
-  user may discard (refused, naming the fix);
-- anything else that is not empty (a run folder, user files): refused, nothing touched.
+- an earlier edgetl bundle (an edgetl manifest.json, and nothing but the files it lists and
+  what a device adds: heads/, cache/, engines/): replaced, unless its head store holds
+  versions beyond the factory head v0, which the field trained and only the user may discard
+  (refused, naming the fix);
+- anything else that is not empty (a run folder, user files, a bundle holding user files, a
+  web app's manifest.json): refused, nothing touched.
 
 The swap exchanges the staged folder and the old bundle in one `renameat2(RENAME_EXCHANGE)`
 on Linux, so `out` always names a complete bundle; where that call is missing (other
@@ -16,8 +18,6 @@ writer into the same parent folder.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgetl.bundle.manifest import MANIFEST, SCHEMA_VERSION, BundleError, Manifest
-from edgetl.core.fsutil import atomic_write_json, fsync_dir, sha256_file
+from edgetl.bundle.manifest import MANIFEST, READABLE_SCHEMAS, SCHEMA_VERSION, BundleError, Manifest
+from edgetl.core.fsutil import atomic_write_json, exchange_dirs, fsync_dir, ordinary_permissions, sha256_file
 
 log = logging.getLogger("edgetl")
 
@@ -35,42 +35,17 @@ STAGE_MARK = ".edgetl-staging"  # a file inside every staging folder: what makes
 STALE_AFTER_S = 3600  # a staging folder untouched this long belongs to a dead writer
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _ordinary_permissions(root: Path) -> None:
-    """Folders 0755 and files 0644 under the umask: mkdtemp makes 0700, which a device's
-    service user could not read after the bundle is copied there."""
-    mask = _umask()
-    for dirpath, _, filenames in os.walk(root):
-        os.chmod(dirpath, 0o777 & ~mask)
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    rc = renameat2(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE)
-    return rc == 0
-
-
 def clean_stale_staging(parent: Path, name: str) -> None:
     """Remove staging folders of `name` that a killed writer left in `parent`."""
     now = time.time()
-    for path in parent.glob(f".{name}.*"):
+    prefix = f".{name}."  # not a glob: an out name may hold '[' or '*'. Export and finetune stage here.
+    for path in parent.iterdir():
+        if not path.name.startswith(prefix):
+            continue
         try:
             if path.is_dir() and (path / STAGE_MARK).is_file() and now - path.stat().st_mtime > STALE_AFTER_S:
                 shutil.rmtree(path, ignore_errors=True)
-                log.info("removed '%s', left by an interrupted export", path)
+                log.info("removed '%s', left by an interrupted export or finetune", path)
         except OSError:
             continue
 
@@ -80,29 +55,61 @@ def head_versions(bundle_dir: Path) -> int:
     count = 0
     for index in (bundle_dir / "heads").rglob("index.json") if (bundle_dir / "heads").is_dir() else []:
         try:
-            versions = json.loads(index.read_text(encoding="utf-8")).get("versions", [])
-            count += sum(1 for v in versions if isinstance(v, dict) and v.get("version") != 0)
-        except (OSError, ValueError, AttributeError):
+            body = json.loads(index.read_text(encoding="utf-8"))
+            versions = body.get("versions") if isinstance(body, dict) else None
+        except (OSError, ValueError):
+            versions = None
+        if not isinstance(versions, list):
             count += 1  # unreadable: treat as precious
+            continue
+        count += sum(1 for v in versions if not (isinstance(v, dict) and v.get("version") == 0))
     return count
+
+
+# What a device adds to a bundle folder; all of it is the bundle's (the head store is
+# checked on its own, the embedding cache and TensorRT engines are recomputed).
+DEVICE_OWNED = ("heads", "cache", "engines")
+
+
+def _bundle_entries(out: Path) -> set[str] | None:
+    """The top-level names an edgetl bundle in `out` may hold, or None if `out` holds no
+    edgetl manifest (a web app's manifest.json is not one)."""
+    try:
+        body = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(body, dict) or body.get("schema") not in READABLE_SCHEMAS \
+            or not isinstance(body.get("files"), dict) or not isinstance(body.get("model"), dict):
+        return None
+    listed = {Path(str(name)).parts[0] for name in body["files"] if Path(str(name)).parts}
+    return {MANIFEST, *DEVICE_OWNED, *listed}
 
 
 def check_destination(out: Path) -> None:
     """Refuse to write over anything the user did not ask to lose (see the module docstring).
 
     Raises:
-        BundleError: `out` is a file, a non-empty folder that is not a bundle, or a bundle
-            whose head store holds field-trained versions.
+        BundleError: `out` is a file, a non-empty folder that is not a bundle, a bundle
+            holding files it does not list, or a bundle whose head store holds field-trained
+            versions.
     """
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():
         raise BundleError(f"'{out}' exists and is not a folder; pass another --out")
-    if not any(out.iterdir()):
+    present = {p.name for p in out.iterdir()}
+    if not present:
         return
-    if not (out / MANIFEST).is_file():
-        raise BundleError(f"'{out}' is not empty and not an edgetl bundle (no {MANIFEST}); refusing to replace it. "
+    allowed = _bundle_entries(out) if MANIFEST in present else None
+    if allowed is None:
+        why = f"no {MANIFEST}" if MANIFEST not in present else f"its {MANIFEST} is not an edgetl manifest"
+        raise BundleError(f"'{out}' is not empty and not an edgetl bundle ({why}); refusing to replace it. "
                           "Pass an empty or new folder as out")
+    foreign = sorted(present - allowed)
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise BundleError(f"'{out}' is an edgetl bundle that also holds {shown}, which the bundle does not list; "
+                          "refusing to replace it. Move those away, or pass another folder as out")
     trained = head_versions(out)
     if trained:
         raise BundleError(f"'{out}' is a bundle whose head store holds {trained} version(s) trained on the device; "
@@ -172,11 +179,11 @@ class BundleWriter:
         Manifest.from_json(body, self.stage / MANIFEST)  # what a reader will accept
         (self.stage / STAGE_MARK).unlink()
         atomic_write_json(self.stage / MANIFEST, body)
-        _ordinary_permissions(self.stage)
+        ordinary_permissions(self.stage)
         fsync_dir(self.stage)
         check_destination(self.out)  # again: a device may have retrained while we exported
         if self.out.exists() and any(self.out.iterdir()):
-            if not _exchange(self.stage, self.out):
+            if not exchange_dirs(self.stage, self.out):
                 old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
                 self.out.rename(old)
                 self.stage.rename(self.out)

@@ -21,12 +21,33 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgetl.core.progress import reporting
 from edgetl.errors import EdgetlError
 
-__all__ = ["FiniteFloat", "check_writable", "escape", "progress_bars", "run_group", "setup_logging", "stderr", "stdout"]
+__all__ = ["FiniteFloat", "check_writable", "escape", "json_text", "one_line", "progress_bars", "run_group",
+           "setup_logging", "stderr", "stdout"]
 
 stderr = Console(stderr=True)
 # Piped or in a CI log, rich assumes 80 columns and wraps wide tables cell by cell; a log
 # has no width, so tables there get 120 unless COLUMNS says otherwise.
 stdout = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+
+
+def one_line(text) -> str:
+    """`text` on one line: line breaks and other unprintable characters (a file name may hold
+    any) are shown as escapes, so an error is always the last line of stderr, whole."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
+
+
+def json_text(obj) -> str:
+    """JSON for stdout, readable as UTF-8: non-ASCII text as is, unless a file name in another
+    encoding (a surrogate escape) is in it; then every non-ASCII character is \\u-escaped,
+    which json.loads and os.fsencode turn back into the original name."""
+    import json
+
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=2, ensure_ascii=True)
+    return text
 
 
 class FiniteFloat(click.ParamType):
@@ -64,7 +85,9 @@ def check_writable(out) -> None:
         folder = folder.parent
     if Path(out).is_dir():
         raise EdgetlError(f"'{out}' is a folder; pass a file name for the output")
-    if not os.access(folder, os.W_OK):
+    if not folder.is_dir():
+        raise EdgetlError(f"cannot write '{out}': '{folder}' is a file, not a folder; pass another output path")
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise EdgetlError(f"cannot write '{out}': '{folder}' is not writable; pass another output path")
 
 
@@ -128,6 +151,7 @@ def _run(group: click.Group, debug: bool) -> None:
         stderr.print("aborted", style="red")
         sys.exit(130)
     except click.ClickException as exc:
+        exc.message = one_line(exc.message)  # a path with a line break must not split the message
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
@@ -135,10 +159,11 @@ def _run(group: click.Group, debug: bool) -> None:
     except EdgetlError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:  # an unexpected failure is still one line unless --debug
         if debug:
             traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {one_line(exc)} (run again with --debug for the traceback)",
+              file=sys.stderr)
         sys.exit(1)

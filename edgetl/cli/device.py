@@ -7,13 +7,13 @@ new head (the old one stays active).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from edgetl.cli.common import FiniteFloat, check_writable, escape, progress_bars, run_group, setup_logging, stderr, stdout
+from edgetl.cli.common import (FiniteFloat, check_writable, escape, json_text, one_line, progress_bars, run_group,
+                               setup_logging, stderr, stdout)
 
 GUARDRAIL_EXIT = 3
 MAX_THREADS = 256  # edgetl.backends.MAX_THREADS; LiteRT crashes on absurd thread counts
@@ -58,8 +58,7 @@ def predict_cmd(bundle: Path, images: tuple[Path, ...], top_k: int, threads: int
         except BadImage as exc:
             errors.append(str(exc))
     if as_json:
-        click.echo(json.dumps({"predictions": [p.to_dict() for p in results], "errors": errors}, indent=2,
-                              ensure_ascii=False))
+        click.echo(json_text({"predictions": [p.to_dict() for p in results], "errors": errors}))
     else:
         m = predictor.manifest
         table = Table(title=escape(f"{bundle} ({m.precision}, {m.backend})"))
@@ -70,8 +69,8 @@ def predict_cmd(bundle: Path, images: tuple[Path, ...], top_k: int, threads: int
             table.add_row(escape(p.source), escape(p.label), f"{p.score:.3f}", escape(others),
                           f"{p.timing_ms['inference']:.1f}")
         stdout.print(table)
-        for e in errors:
-            click.echo(f"error: {e}", err=True)
+    for e in errors:  # also with --json (where they are in the JSON too): stderr says why the exit is 1
+        click.echo(f"error: {one_line(e)}", err=True)
     if errors:
         raise SystemExit(1)
 
@@ -94,7 +93,7 @@ def evaluate_cmd(bundle: Path, data: Path, out: Path | None, threads: int | None
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, metrics)
     if as_json:
-        click.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
+        click.echo(json_text(metrics))
     else:
         stdout.print(escape(f"{bundle}: top1 {metrics['top1']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f} "
                             f"on {metrics['n']} images ({metrics['precision']}, "
@@ -166,7 +165,7 @@ def _finish(result, as_json: bool) -> None:
     from rich.table import Table
 
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(json_text(result.to_dict()))
     m = result.metrics
     if not as_json:
         table = Table(title=f"{result.action}: guardrail (old-class accuracy)", title_justify="left")
@@ -217,6 +216,10 @@ def retrain_cmd(bundle, data, seed, tolerance, force, min_images, task, as_json)
     _finish(result, as_json)
 
 
+def _percent(value) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
 @cli.command("heads")
 @_bundle_arg
 @_task_opt
@@ -229,7 +232,7 @@ def heads_cmd(bundle, task, as_json):
 
     report = ondevice.heads(bundle, task)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(json_text(report.to_dict()))
     elif report.factory_only:
         stderr.print("no head store yet: the factory head (version 0) is active")
     else:
@@ -237,22 +240,33 @@ def heads_cmd(bundle, task, as_json):
         for col in ("", "ver", "parent", "created (UTC)", "source", "classes", "held-out", "reference", "sha256"):
             table.add_column(col, overflow="fold")
         for v in report.versions:
-            m = v.metrics
-            held = m.get("held_out_top1")
-            checks = {c["name"]: c for c in (m.get("guardrail") or {}).get("checks", [])}
-            ref = f"{100 * checks['reference']['new_accuracy']:.1f}%" if "reference" in checks else ""
-            if m.get("forced"):
+            m = v.metrics if isinstance(v.metrics, dict) else {}  # informational: a hand-edited index may hold anything
+            held = _percent(m.get("held_out_top1"))
+            guard = m.get("guardrail") if isinstance(m.get("guardrail"), dict) else {}
+            checks = {c.get("name"): c for c in guard.get("checks") or [] if isinstance(c, dict)}
+            ref = _percent(checks["reference"].get("new_accuracy")) if "reference" in checks else ""
+            if m.get("forced") is True:
                 ref += " [red]FORCED[/]"
             table.add_row("*" if v.version == report.active else "", str(v.version),
-                          "" if v.parent is None else str(v.parent), v.created[:16].replace("T", " "),
-                          escape(v.source), str(len(v.labels)), "" if held is None else f"{100 * held:.1f}%", ref,
-                          v.sha256[:8])
+                          "" if v.parent is None else str(v.parent), escape(v.created[:16].replace("T", " ")),
+                          escape(v.source), str(len(v.labels)), held, ref, escape(str(v.sha256)[:8]))
         stdout.print(table)
     for p in report.problems:
-        print(f"problem: {p}", file=sys.stderr)
+        print(f"problem: {one_line(p)}", file=sys.stderr)
     if report.problems:
-        print(f"error: the head store of '{bundle}' has {len(report.problems)} problem(s); "
-              "`edgetl-device rollback BUNDLE VERSION` to an intact version repairs it", file=sys.stderr)
+        intact = [v.version for v in report.versions if v.version not in report.damaged]
+        shown = ", ".join(map(str, report.damaged))
+        backup = f"restore '{bundle / 'heads'}' from a backup to recover version(s) {shown}"
+        task_opt = "" if task == "default" else f" --task {task}"
+        if report.active in report.damaged and intact:
+            fix = (f"the active version {report.active} is damaged: `edgetl-device rollback '{bundle}' {max(intact)}"
+                   f"{task_opt}` makes an intact version active; {backup}")
+        elif report.active in report.damaged:
+            fix = f"no version is intact: {backup}, or move it away to start again from the factory head"
+        else:
+            fix = f"the active version {report.active} is intact and in use; {backup}"
+        print(one_line(f"error: the head store of '{bundle}' has {len(report.problems)} damaged version(s) ({shown}); "
+                       f"{fix}"), file=sys.stderr)
         sys.exit(1)
 
 

@@ -1,10 +1,14 @@
-"""Crash-safe file writes (torch-free): temp file, fsync, atomic rename, fsync the directory."""
+"""Crash-safe file writes (torch-free): temp file, fsync, atomic rename, fsync the directory;
+staged folders swapped into place whole."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +34,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600; a head written on the device by root must stay readable by the
+        # service user that runs predict, so files get ordinary permissions under the umask.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -43,3 +50,55 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_permissions(root: Path) -> None:
+    """Folders 0755 and files 0644 under the umask: mkdtemp makes 0700, which a device's
+    service user could not read after the folder is copied there."""
+    mask = _umask()
+    for dirpath, _, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    rc = renameat2(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE)
+    return rc == 0
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Move the complete folder `new` to `dest` (same filesystem) and delete what was there.
+
+    With renameat2 `dest` names the old or the new folder at every instant; without it
+    (other kernels, some filesystems) two renames leave a window of microseconds where
+    `dest` is absent. The caller has checked that the old content may go.
+    """
+    if dest.is_dir() and any(dest.iterdir()):
+        if exchange_dirs(new, dest):
+            old = new  # the exchange left the old folder under the staging name
+        else:
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            dest.rename(old)
+            try:
+                new.rename(dest)
+            except BaseException:
+                old.rename(dest)
+                raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(dest)  # rename(2) replaces a missing or empty folder in one step
+    fsync_dir(dest.parent)

@@ -21,6 +21,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 # largest is 3024x3024 = 9 MP) and far below what would exhaust memory on a board.
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Panoramas reach about 1:10. Past 1:100 the centre crop keeps under 1% of the picture: such a
+# file is a strip, a sprite sheet or a forged header, and only wastes a training slot.
+MAX_ASPECT = 100
 
 
 class BadImage(ValueError):
@@ -64,7 +67,11 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
-                raise BadImage(path, f"is {im.width}x{im.height} pixels, above the {MAX_PIXELS:,} pixel limit")
+                raise BadImage(path, f"is {im.width}x{im.height} pixels, above the {MAX_PIXELS // 1_000_000} MP "
+                                     "pixel limit")
+            if max(im.size) > MAX_ASPECT * min(im.size):
+                raise BadImage(path, f"is {im.width}x{im.height} pixels, an aspect ratio above 1:{MAX_ASPECT}; "
+                                     "not a photo")
             if min_side and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
             im.load()
@@ -76,6 +83,9 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
         raise BadImage(path, f"is too large to decode safely ({exc})") from None
     except UnidentifiedImageError:
         raise BadImage(path, "is not an image Pillow can read (wrong extension or corrupt header)") from None
+    except MemoryError:
+        # A header that declares a gigabyte-sized chunk: one bad file, not the end of a scan.
+        raise BadImage(path, "declares more data than can be decoded (corrupt or hostile header)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(path, f"is truncated or corrupt ({exc})") from None
 

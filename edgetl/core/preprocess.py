@@ -18,6 +18,9 @@ _PIL_INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,
 }
 
+# Resize-then-crop while the resized image is at most this many times resize x resize pixels.
+EXACT_PATH_AREA = 64
+
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 
@@ -58,16 +61,38 @@ class Preprocess:
         return Preprocess(self.size, self.resize, self.mean, self.std, self.interpolation, layout)
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
+        """Shorter side to `resize`, centre crop `size`.
+
+        Photos (aspect ratio up to 1:64) take torchvision's exact path, resize then crop, so
+        the device sees the very pixels timm's eval transform gives in training
+        (tests/test_export_tflite.py::test_device_preprocessing_equals_training_eval_transform).
+        Beyond that, resizing whole would be unbounded (a 20000x1 strip makes a 5 GB image), so
+        the crop window is mapped back to source coordinates and only that box is resampled:
+        memory stays bounded by the output whatever the aspect ratio; the pixels may differ
+        from resize-then-crop by one 8-bit level.
+        """
         w, h = img.size
         # Same rounding as torchvision's Resize(int): shorter side to `resize`, keep aspect.
         if w <= h:
             new_w, new_h = self.resize, int(self.resize * h / w)
         else:
             new_w, new_h = int(self.resize * w / h), self.resize
-        img = img.resize((new_w, new_h), _PIL_INTERPOLATION[self.interpolation])
         left = int(round((new_w - self.size) / 2.0))
         top = int(round((new_h - self.size) / 2.0))
-        return img.crop((left, top, left + self.size, top + self.size))
+        if new_w * new_h <= EXACT_PATH_AREA * self.resize * self.resize:
+            img = img.resize((new_w, new_h), _PIL_INTERPOLATION[self.interpolation])
+            return img.crop((left, top, left + self.size, top + self.size))
+        sx, sy = w / new_w, h / new_h
+        # Window clipped to the resized image; only a size > resize config leaves a black border.
+        x0, y0 = max(left, 0), max(top, 0)
+        x1, y1 = min(left + self.size, new_w), min(top + self.size, new_h)
+        box = (x0 * sx, y0 * sy, min(x1 * sx, w), min(y1 * sy, h))
+        kept = img.resize((x1 - x0, y1 - y0), _PIL_INTERPOLATION[self.interpolation], box=box)
+        if (x1 - x0, y1 - y0) == (self.size, self.size):
+            return kept
+        canvas = Image.new(img.mode, (self.size, self.size))
+        canvas.paste(kept, (x0 - left, y0 - top))
+        return canvas
 
     def to_array(self, image: ImageLike) -> np.ndarray:
         """One image -> float32 HWC, normalised."""

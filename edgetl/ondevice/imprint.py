@@ -60,9 +60,10 @@ def add_class(bundle: str | Path, label: str, images: list[str | Path], *, task:
         EdgetlError: an untrusted bundle or head store, too few images, a bad label or number.
     """
     tolerance = guardrail.check_tolerance(tolerance)
-    label = check_label(str(label).strip(), "label") if str(label).strip() else ""
+    label = str(label).strip()
     if not label:
         raise EdgetlError("the class label is empty; pass a name such as 'screw'")
+    check_label(label, "add-class", fix="pass a one-line UTF-8 name")
     b = Bundle.open(bundle)
     store = b.heads(task)
     paths = collect_images([Path(i) for i in images])

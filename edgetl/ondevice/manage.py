@@ -31,7 +31,9 @@ def heads(bundle: str | Path, task: str = DEFAULT_TASK) -> HeadsReport:
     index = store.index()
     versions = [HeadVersion(e["version"], e["parent"], str(e.get("created", "")), str(e.get("source", "")),
                             list(e["labels"]), e["sha256"], e.get("metrics") or {}) for e in index["versions"]]
-    return HeadsReport(str(bundle), task, int(index["active"]), versions, store.verify(), False)
+    damaged = store.damaged()
+    return HeadsReport(str(bundle), task, int(index["active"]), versions, list(damaged.values()), False,
+                       sorted(damaged))
 
 
 def rollback(bundle: str | Path, version: int | None = None, task: str = DEFAULT_TASK) -> tuple[int, int]:
@@ -51,12 +53,16 @@ def rollback(bundle: str | Path, version: int | None = None, task: str = DEFAULT
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
         raise EdgetlError(f"version must be a whole number 0 or more, not {version!r}")
     b = Bundle.open(bundle)
-    store = b.heads(task)
+    store = b.heads(task, repair=True)  # an index whose active version is not listed is what rollback repairs
     if not store.exists():
         raise EdgetlError(f"'{bundle}' has no head store; the factory head is already active")
     with store.writer(b.factory_head) as writer:
         index = store.index()
         active = index["active"]
+        listed = [e["version"] for e in index["versions"]]
+        if version is None and active not in listed:
+            raise EdgetlError(f"the active version {active!r} of '{store.index_path}' is not listed; pass the "
+                              f"version to activate, one of {listed}")
         if version is None:
             version = store.entry(active, index)["parent"]
             if version is None:

@@ -52,6 +52,7 @@ class HeadsReport:
     versions: list[HeadVersion]
     problems: list[str]
     factory_only: bool  # no store yet: the factory head (version 0) is in use
+    damaged: list[int] = field(default_factory=list)  # versions whose file is missing, tampered or unreadable
 
     @property
     def ok(self) -> bool:

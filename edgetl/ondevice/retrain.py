@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgetl.backends import Backbone
 from edgetl.bundle import DEFAULT_TASK, Bundle, Head
+from edgetl.bundle.manifest import check_label
 from edgetl.core.metrics import classification_metrics
 from edgetl.errors import EdgetlError
 from edgetl.ondevice import guardrail
@@ -51,6 +52,8 @@ def retrain(bundle: str | Path, data: str | Path, *, task: str = DEFAULT_TASK, m
     b = Bundle.open(bundle)
     store = b.heads(task)
     classes = scan_classes(Path(data), min_images)
+    for label in classes:
+        check_label(label, f"class folder '{Path(data) / label}'")
     paths = [p for ps in classes.values() for p in ps]
     names = [label for label, ps in classes.items() for _ in ps]
     with store.writer(b.factory_head) as writer:
