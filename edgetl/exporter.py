@@ -12,6 +12,7 @@ The stages, top to bottom (each a function below):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +52,9 @@ class ExportConfig:
     calib_recipe: str | None = opt(None, "Calibration recipe name or YAML path (default: the target's).")
     val: str | None = opt(None, "Validation class folders (default: the run's validation split).")
     fused: bool = opt(False, "Also write a single-file model (image -> logits).")
+    recover: str = opt("auto", "When the quantized model fails the accuracy gate, try the recovery steps "
+                               "(head refit, calibration, float blocks, int16 activations; edgetl/recovery.py).",
+                       choices=("auto", "off"))
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ def _versions(fmt: Format) -> dict:
 
 def dataset_digest(root: Path, files: list[str]) -> str:
     """Names the validation set by content and layout, not by a host path."""
-    h = __import__("hashlib").sha256()
+    h = hashlib.sha256()
     for rel in sorted(files):
         h.update(f"{rel}\t{sha256_file(root / rel)}\n".encode())
     return h.hexdigest()
@@ -159,7 +163,7 @@ def plan(run_dir: Path, target_name: str, cfg: ExportConfig) -> _Plan:
 
 
 # -- convert, quantize, validate ---------------------------------------------------------------
-def _calibration(p: _Plan, calib: Path | None, preprocess) -> list[np.ndarray]:
+def _calibration(p: _Plan, calib: Path | None, preprocess, recipe: CalibrationRecipe | None = None) -> list[np.ndarray]:
     if calib is not None:
         pool, _ = scan_images(calib)
         if not pool:
@@ -171,10 +175,11 @@ def _calibration(p: _Plan, calib: Path | None, preprocess) -> list[np.ndarray]:
         pool, groups, source = p.train_paths, p.train_y, "run training split"
     else:
         raise EdgetlError("INT8 needs calibration images: the run records no training files; pass calib (a folder)")
-    chosen = select_calibration_images(pool, groups, p.recipe)
+    recipe = recipe or p.recipe
+    chosen = select_calibration_images(pool, groups, recipe)
     p.calib_info.update({"source": source, "pool": len(pool)})
-    log.info("calibrating on %d images from the %s (recipe '%s', method %s)", len(chosen), source, p.recipe.name,
-             p.recipe.method)
+    log.info("calibrating on %d images from the %s (recipe '%s', method %s)", len(chosen), source, recipe.name,
+             recipe.method)
     return [preprocess.batch([q]) for q in chosen]
 
 
@@ -207,14 +212,20 @@ def convert_and_quantize(p: _Plan, w: BundleWriter, cfg: ExportConfig, preproces
 def score(p: _Plan, stage: Path, manifest: Manifest, head: Head, model_file: str, io: dict,
           description: str, backend: str) -> tuple[dict, np.ndarray]:
     """Top-1 etc. of one staged artifact on the validation split, with the device runtime."""
+    predictor = staged_predictor(p, stage, manifest, head, model_file, io, backend)
+    embeddings, seconds = embed_paths(predictor, p.val_paths, description=description)
+    return metrics_from_embeddings(predictor, embeddings, p.val_y, seconds), embeddings
+
+
+def staged_predictor(p: _Plan, stage: Path, manifest: Manifest, head: Head, model_file: str, io: dict,
+                     backend: str) -> Predictor:
+    """A staged model file (relative to `stage`) with `head`, on the device runtime."""
     model = {**manifest.model, "file": model_file, **io}
     staged = Bundle(stage, manifest.replace(model=model, files={model_file: "0" * 64}))
     threads = min(p.target.threads, os.cpu_count() or 1)
     backbone = Backbone(staged.preprocess, open_backend(backend, stage / model_file, model, threads),
                         manifest.embedding_dim, model["input"]["shape"])
-    predictor = Predictor(staged, backbone, head=head)
-    embeddings, seconds = embed_paths(predictor, p.val_paths, description=description)
-    return metrics_from_embeddings(predictor, embeddings, p.val_y, seconds), embeddings
+    return Predictor(staged, backbone, head=head)
 
 
 def gate(metrics: dict, precision: str, target: Target) -> dict:
@@ -269,6 +280,19 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
             metrics[p.precision], embeddings = score(p, w.stage, manifest, head, art["backbone_file"], exported.io,
                                                      f"evaluating {p.precision.upper()}", host_backend)
             metrics["gate"] = gate(metrics, p.precision, p.target)
+            if not metrics["gate"]["passed"] and cfg.recover == "auto":
+                recovery = _recover(p, w, cfg, preprocess, manifest, head, art, metrics, embeddings, host_backend)
+                if recovery.won:  # the winner's backbone and (re-fitted, factory) head become the bundle's
+                    head, exported, facts, embeddings = recovery.head, recovery.exported, recovery.facts, \
+                        recovery.embeddings
+                    p.recipe = recovery.recipe
+                    metrics[p.precision] = recovery.metrics
+                    metrics["gate"] = gate(metrics, p.precision, p.target)
+                    np.savez(w.path("head.npz"), weight=head.weight, bias=head.bias)
+                    manifest = manifest.replace(
+                        model={**manifest.model, **exported.io},
+                        export={k: v for k, v in exported.info.items() if k != "calibration"} | {"validation": facts})
+                manifest = manifest.replace(extra={**manifest.extra, "recovery": recovery.record})
         metrics["size_bytes"] = {"fp32": art["fp32_size"], p.precision: facts["size_bytes"]}
         run_metrics = run_dir / "metrics.json"
         if cfg.val is None:
@@ -287,7 +311,7 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
         if "calibration" in exported.info:
             extra["calibration"] = {**exported.info["calibration"], **p.calib_info}
         if cfg.fused:
-            extra["fused"] = _fused(p, w, art["request"], run, preprocess, host_backend)
+            extra["fused"] = _fused(p, w, art["request"], run, preprocess, host_backend, head)
         export_info = {**manifest.export, "seconds": round(time.perf_counter() - started, 1)}
         manifest = w.commit(manifest.replace(metrics=metrics, export=export_info, **extra))
 
@@ -295,10 +319,34 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
     return ExportResult(out, manifest, passed, "" if passed else _gate_message(manifest, out, p.target))
 
 
-def _fused(p: _Plan, w: BundleWriter, request, run, preprocess, host_backend: str) -> dict:
+def _recover(p: _Plan, w: BundleWriter, cfg: ExportConfig, preprocess, manifest: Manifest, head: Head, art: dict,
+             metrics: dict, embeddings: np.ndarray, host_backend: str):
+    """The recovery ladder (edgetl/recovery.py) on this export's staged artifacts."""
+    from edgetl.recovery import LadderInput, recover
+
+    def open_predictor(path: Path, io: dict, with_head: Head) -> Predictor:
+        rel = Path(path).relative_to(w.stage).as_posix()
+        return staged_predictor(p, w.stage, manifest, with_head, rel, io, host_backend)
+
+    calib = Path(cfg.calib) if cfg.calib else None
+    return recover(LadderInput(p, w.stage, head, art["fp32"], art["exported"], metrics, embeddings, open_predictor,
+                               lambda recipe: _calibration(p, calib, preprocess, recipe), art["request"]))
+
+
+def _fused(p: _Plan, w: BundleWriter, request, run, preprocess, host_backend: str, head: Head | None = None) -> dict:
     fused_file = f"model{p.fmt.suffix}"
     log.info("exporting the fused single-file model (%s)", p.precision.upper())
-    fused = p.fmt.export(request(run.model.eval(), p.precision), w.path(fused_file))
+    model = run.model
+    if head is not None and not np.array_equal(head.weight, run.model.head.weight.detach().cpu().numpy()):
+        import copy
+
+        import torch
+
+        model = copy.deepcopy(run.model)  # the recovery ladder re-fitted the head: fuse that one
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(head.weight))
+            model.head.bias.copy_(torch.from_numpy(head.bias))
+    fused = p.fmt.export(request(model.eval(), p.precision), w.path(fused_file))
     p.fmt.validate(fused.path, p.precision)
     backend = open_backend(host_backend, fused.path, fused.io, min(p.target.threads, os.cpu_count() or 1))
     logits = np.concatenate([backend.run(preprocess.batch(p.val_paths[i:i + 16]))

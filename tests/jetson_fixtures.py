@@ -53,6 +53,6 @@ def orin_int8_bundle(trained_run, small_recipe, tmp_path_factory) -> Path:
     INT8 drop on the real data sets."""
     out = tmp_path_factory.mktemp("dist") / "orin-int8"
     proc = run_cli(EDGETL, "export", trained_run, "--target", "jetson-orin-nano", "--precision", "int8",
-                   "--calib-recipe", small_recipe, "--allow-accuracy-drop", "--out", out)
+                   "--calib-recipe", small_recipe, "--allow-accuracy-drop", "--recover", "off", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

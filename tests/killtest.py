@@ -1,5 +1,5 @@
-"""Crash-safety check for the head store: SIGKILL `edgetl-device retrain` at seeded random
-moments and inspect the store after every kill.
+"""Crash-safety check for the head store: SIGKILL `edgetl-device retrain` (or `adapt`,
+`kill_command`) at seeded random moments and inspect the store after every kill.
 
 The moments are: anywhere in the run, inside the fit-guardrail-write window, or at most
 10 ms after the head file write starts (the run logs a line before each). Shared by the test
@@ -62,7 +62,15 @@ def kill_retrain(device_cli: str, bundle: Path, data: Path, kills: int, seed: in
                  reset_every: int = 0) -> KillReport:
     """Kill `retrain BUNDLE DATA --force` `kills` times. With `reset_every`, the store is deleted
     every that many kills, so kills also land while it is being created."""
-    cmd = [device_cli, "retrain", str(bundle), str(data), "--force"]
+    return kill_command(device_cli, ["retrain", str(bundle), str(data), "--force"], bundle, kills, seed, env,
+                        reset_every)
+
+
+def kill_command(device_cli: str, args: list[str], bundle: Path, kills: int, seed: int, env: dict,
+                 reset_every: int = 0) -> KillReport:
+    """Kill `edgetl-device ARGS` (a command that embeds, then writes a head version of `bundle`)
+    `kills` times, as `kill_retrain` does (tests/test_adapt.py runs it on `adapt`)."""
+    cmd = [device_cli, *args]
 
     def start() -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)

@@ -105,7 +105,7 @@ def test_accuracy_gate_rejects_broken_calibration(trained_run, tmp_path):
     Image.new("RGB", (100, 100), (128, 128, 128)).save(calib / "grey.png")
     out = tmp_path / "gated"
     proc = run_cli(EDGETL, "export", trained_run, "--target", "generic-arm64", "--precision", "int8",
-                   "--calib", calib.parent, "--out", out)
+                   "--calib", calib.parent, "--recover", "off", "--out", out)
     assert proc.returncode == 1
     assert "points below FP32" in proc.stderr and "accuracy_tolerance_pts" in proc.stderr
     assert "generic-arm64.yaml" in proc.stderr and "--allow-accuracy-drop" in proc.stderr

@@ -38,10 +38,10 @@ def test_linear_run_writes_the_contract(trained_run):
     assert state["backbone"] == "tf_efficientnet_lite0"
     run = load_run(trained_run)
     assert run.labels == metrics["labels"]
-    # the weights kept by early stopping are the ones the reported numbers come from
+    # early stopping kept one epoch, chosen on the selection split; the reported numbers are the val split's
     kept = [h for h in metrics["history"] if h.get("kept")]
-    assert len(kept) == 1 and kept[0]["epoch"] == metrics["best_epoch"]
-    assert kept[0]["val_top1"] == pytest.approx(metrics["top1"], abs=1e-9)
+    assert len(kept) == 1 and kept[0]["epoch"] == metrics["best_epoch"] and kept[0]["split"] == "selection"
+    assert kept[0]["selection_top1"] == pytest.approx(metrics["selection"]["top1"], abs=1e-9)
 
 
 def test_evaluate_run_reproduces_validation_metrics(trained_run):
@@ -182,9 +182,9 @@ def test_input_size_flows_from_training_to_the_device_bundle(tmp_path):
 
 
 def test_input_size_out_of_range_fails_clearly(tmp_path):
-    with pytest.raises(EdgetlError, match=r"--input-size 16 is outside 64-640"):
+    with pytest.raises(EdgetlError, match=r"input_size 16 is outside 64-640"):
         finetune(DEMO, tmp_path / "r", FinetuneConfig(strategy="linear", input_size=16))
-    with pytest.raises(EdgetlError, match=r"--input-size 0 is outside"):
+    with pytest.raises(EdgetlError, match=r"input_size 0 is outside"):
         finetune(DEMO, tmp_path / "r", FinetuneConfig(strategy="linear", input_size=0))
     assert not (tmp_path / "r").exists()
 
@@ -209,7 +209,7 @@ def test_bad_files_are_reported_by_name_and_good_ones_used(tmp_path):
         assert name in proc.stderr
     assert "3 of" in proc.stderr  # the summary count
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]
-    used = {p.split("/")[-1] for p in record["train_files"] + record["val_files"]}
+    used = {p.split("/")[-1] for p in record["train_files"] + record["selection_files"] + record["val_files"]}
     assert {"cmyk.jpg", "sixteen-bit.png", "gray.png", "hand sign ✋ dígito.jpg"} <= used
     assert not {"zero.jpg", "truncated.jpg", "notes.jpg"} & used
     assert len(used) == 12 + 4

@@ -36,7 +36,7 @@ def test_discriminative_learning_rates(lite0_arch):
 
 def test_linear_freezes_everything_and_unfreeze_is_bounded(lite0_arch):
     assert freeze_for("linear", lite0_arch, 3) == [] and not any(p.requires_grad for p in lite0_arch.parameters())
-    with pytest.raises(EdgetlError, match="--unfreeze 99 must be between 1 and"):
+    with pytest.raises(EdgetlError, match="unfreeze 99 must be between 1 and"):
         freeze_for("partial", lite0_arch, 99)
     assert len(backbone_stages(lite0_arch)) == 1 + len(lite0_arch.blocks) + 1  # stem, block groups, head conv
 

@@ -16,7 +16,7 @@ def int8_bundle(trained_run, small_recipe, tmp_path_factory) -> Path:
     """`edgetl export RUN --target rpi5 --precision int8 --fused` through the real CLI."""
     out = tmp_path_factory.mktemp("dist") / "rpi5-int8"
     proc = run_cli(EDGETL, "export", trained_run, "--target", "rpi5", "--precision", "int8", "--calib-recipe",
-                   small_recipe, "--fused", "--allow-accuracy-drop", "--out", out, "--json")
+                   small_recipe, "--fused", "--allow-accuracy-drop", "--recover", "off", "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["precision"] == "int8"  # --json output is clean JSON
     return out

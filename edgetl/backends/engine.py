@@ -146,17 +146,17 @@ def plan_build(manifest: Manifest, tensorrt: str, dla_core: int | None = None, w
     if dla_core is not None:
         cores = target.get("dla_cores")
         if cores is not None and not 0 <= dla_core < cores:
-            raise EdgetlError(f"--dla-core {dla_core}: target '{target.get('name')}' has "
-                              f"{cores} DLA core(s){'' if cores else ' (none)'}; drop --dla-core or pass 0..{cores - 1}")
+            raise EdgetlError(f"dla_core {dla_core}: target '{target.get('name')}' has "
+                              f"{cores} DLA core(s){'' if cores else ' (none)'}; drop dla_core or pass 0..{cores - 1}")
         if precision == "fp32":
-            raise EdgetlError("--dla-core needs an fp16 or int8 bundle: DLA does not run fp32; "
-                              "re-export with --precision fp16 or int8")
+            raise EdgetlError("dla_core needs an fp16 or int8 bundle: DLA does not run fp32; "
+                              "re-export with precision fp16 or int8")
         flags.append("GPU_FALLBACK")
         # DLA has no dynamic shapes: one fixed batch.
         max_batch = opt_batch
 
     if not 1 <= opt_batch <= max_batch:
-        raise EdgetlError(f"--opt-batch {opt_batch} must be between 1 and --max-batch {max_batch}")
+        raise EdgetlError(f"opt_batch {opt_batch} must be between 1 and max_batch {max_batch}")
     shape = tuple(int(v) for v in model["input"]["shape"][1:])
     return BuildPlan(
         tensorrt=str(tensorrt), precision=precision, onnx=model["file"], input_name=model["input"]["name"],
@@ -297,7 +297,7 @@ def build_engine(bundle: Bundle, dla_core: int | None = None, workspace_mb: int 
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if plan.dla_core is not None:
         if builder.num_DLA_cores <= plan.dla_core:
-            raise EdgetlError(f"--dla-core {plan.dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
+            raise EdgetlError(f"dla_core {plan.dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan.dla_core
 

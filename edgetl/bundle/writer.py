@@ -96,7 +96,7 @@ def check_destination(out: Path) -> None:
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():
-        raise BundleError(f"'{out}' exists and is not a folder; pass another --out")
+        raise BundleError(f"'{out}' exists and is not a folder; pass another out folder")
     present = {p.name for p in out.iterdir()}
     if not present:
         return

@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from edgetl.cli.quiet import ThirdPartyFilter, debug_requested, native_stderr_filtered, quiet_libraries
 from edgetl.core.progress import reporting
 from edgetl.errors import EdgetlError
 
@@ -122,7 +123,12 @@ def setup_logging(verbose: bool) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(levelname)s %(message)s"
+    if _quiet:  # other libraries' INFO/WARNING chatter, unless --debug (edgetl/cli/quiet.py)
+        handler.addFilter(ThirdPartyFilter())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True)
+
+
+_quiet = False  # set by run_group: third-party noise is hidden (no --debug)
 
 
 def run_group(group: click.Group) -> None:
@@ -131,11 +137,16 @@ def run_group(group: click.Group) -> None:
     Tracebacks appear only with --debug (or EDGETL_DEBUG=1), because a field engineer
     needs the fix, not the stack.
     """
+    global _quiet
+    _quiet = not debug_requested()
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    if _quiet:
+        quiet_libraries()  # before any command imports torch, TensorFlow or LiteRT
     try:
-        _run(group, debug)
+        with native_stderr_filtered(enabled=_quiet):
+            _run(group, debug)
     finally:
         # The process ends here. Freezing keeps the interpreter's final garbage collection
         # from walking every object torch and matplotlib created: 0.2 s of each host

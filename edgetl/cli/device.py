@@ -2,7 +2,7 @@
 (tests/test_runtime_torchfree.py). Thin: parse options, call the runtime and edgetl.ondevice, print.
 
 Exit codes: 0 done; 1 an error or a refused action; 2 bad usage; 3 the guardrail refused a
-new head (the old one stays active).
+new head (the old one stays active); 4 `drift` detected drift (0: none detected).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from edgetl.cli.common import (FiniteFloat, check_writable, escape, json_text, o
                                setup_logging, stderr, stdout)
 
 GUARDRAIL_EXIT = 3
+DRIFT_EXIT = 4
 MAX_THREADS = 256  # edgetl.backends.MAX_THREADS; LiteRT crashes on absurd thread counts
 
 _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -216,6 +217,84 @@ def retrain_cmd(bundle, data, seed, tolerance, force, min_images, task, as_json)
     _finish(result, as_json)
 
 
+@cli.command("adapt")
+@_bundle_arg
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--strength", type=FiniteFloat(0, 1), default=1.0, show_default=True,
+              help="How far from the active head (0) to the full alignment (1).")
+@click.option("--tolerance", type=FiniteFloat(0, 100), default=2.0, show_default=True,
+              help="Points of reference accuracy the statistics' estimation noise may cost.")
+@click.option("--force", is_flag=True, help="Activate the new head even if the guardrail refuses it.")
+@click.option("--min-images", type=click.IntRange(2, 1000000), default=20, show_default=True,
+              help="Fewest usable images.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the guardrail's bootstrap draw.")
+@_task_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def adapt_cmd(bundle, images, strength, tolerance, force, min_images, seed, task, as_json):
+    """Align the head to this camera from unlabeled IMAGES (files or folders; no labels).
+
+    The embedding statistics of IMAGES are mapped onto those of the bundle's reference set
+    and the map is folded into the active head, stored as a new head version (rollback
+    undoes it). predict and evaluate use it at once.
+
+    \b
+    Examples:
+      edgetl-device adapt dist/rpi5 field/
+      edgetl-device adapt dist/rpi5 field/ --strength 0.5
+    """
+    from edgetl import ondevice
+
+    if strength <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--strength")
+    with progress_bars():
+        result = ondevice.adapt(bundle, list(images), task=task, strength=strength, tolerance=tolerance, force=force,
+                                min_images=min_images, seed=seed)
+    if not as_json:
+        sd = result.metrics["source_domain"]
+        stderr.print(f"alignment from {result.metrics['images']} images (strength {strength:g}); on the reference "
+                     f"set's own, source-domain images the head goes from {100 * sd['old_accuracy']:.1f}% to "
+                     f"{100 * sd['new_accuracy']:.1f}% (expected to fall when the camera really differs)")
+    _finish(result, as_json)
+
+
+@cli.command("drift")
+@_bundle_arg
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--permutations", type=click.IntRange(100, 100000), default=1000, show_default=True,
+              help="Permutations of the two-sample test.")
+@click.option("--alpha", type=FiniteFloat(0, 1), default=0.05, show_default=True,
+              help="Accepted false-alarm rate: drift when the p-value is at most this.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the permutations.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def drift_cmd(bundle, images, permutations, alpha, seed, as_json):
+    """Test whether recent IMAGES differ from the bundle's reference images (MMD, RBF kernel).
+
+    Exit 4 when drift is detected, 0 when not.
+
+    \b
+    Examples:
+      edgetl-device drift dist/rpi5 recent/
+      edgetl-device drift dist/rpi5 recent/ --json --permutations 5000
+    """
+    from edgetl import ondevice
+
+    if not 0 < alpha < 1:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--alpha")
+    with progress_bars():
+        result = ondevice.drift(bundle, list(images), permutations=permutations, alpha=alpha, seed=seed)
+    if as_json:
+        click.echo(json_text(result.to_dict()))
+    else:
+        verdict = "[bold red]DRIFT[/]" if result.drift else "[green]no drift[/]"
+        stdout.print(f"drift score (MMD^2) {result.score:.5f}, threshold {result.threshold:.5f}, p-value "
+                     f"{result.p_value:.4f} (alpha {result.alpha:g}; {result.n_recent} recent vs "
+                     f"{result.n_reference} reference images): {verdict}")
+    if result.drift:
+        sys.exit(DRIFT_EXIT)
+
+
 def _percent(value) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
@@ -280,6 +359,11 @@ def rollback_cmd(bundle, version, task):
 
     now, was = ondevice.rollback(bundle, version, task)
     stderr.print(f"head version {now} is active (was {was})")
+
+
+from edgetl.cli.benchmark import benchmark_cmd  # noqa: E402  (torch-free, like the rest)
+
+cli.add_command(benchmark_cmd)
 
 
 def main() -> None:

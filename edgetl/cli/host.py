@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import escape, progress_bars, run_group, setup_logging, stdout
+from edgetl.cli.common import FiniteFloat, escape, json_text, progress_bars, run_group, setup_logging, stdout
 from edgetl.cli.options import config_options
 from edgetl.exporter import ExportConfig
 from edgetl.transfer.config import FinetuneConfig
@@ -101,6 +101,52 @@ def evaluate_run(run, data, out, as_json):
     print_metrics(f"{run} on {data}", metrics, as_json)
 
 
+@cli.command("adapt")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--target-images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Unlabeled images from the field camera (searched recursively).")
+@click.option("--adapt", "method", type=click.Choice(["align", "coral", "adabn", "auto"]), default="auto",
+              show_default=True, help="align: embedding statistics folded into the head; coral: with correlations "
+                                      "(needs 2 images per embedding dimension); adabn: BatchNorm statistics; auto: "
+                                      "chosen without labels.")
+@click.option("--strength", type=FiniteFloat(0, 1), default=1.0, show_default=True,
+              help="align/coral/adabn: from the run (0) to the full adaptation (1); auto chooses.")
+@click.option("--tolerance", type=FiniteFloat(0, 100), default=1.0, show_default=True,
+              help="Points of source (selection split) top-1 the adapted model may lose; auto's filter.")
+@click.option("--cache-dir", default=None, help="Embedding cache (default $EDGETL_CACHE or ~/.cache/edgetl).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapted run folder to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the adaptation record as JSON.")
+def adapt_cmd(run, target_images, method, strength, tolerance, cache_dir, out, as_json):
+    """Adapt RUN to unlabeled field images; write a normal run (export it as usual).
+
+    The adapted run records the method, its parameters and image counts in metrics.json
+    ("adaptation"), the source run's data split, and "calibration_images" (the field images,
+    for INT8 calibration). Its reported top1 is on the run's clean validation split.
+
+    \b
+    Examples:
+      edgetl adapt runs/a --target-images field/ --out runs/a-field
+      edgetl adapt runs/a --target-images field/ --adapt align --strength 0.5 --out runs/a-field
+    """
+    from edgetl.adapt import adapt_run
+
+    if strength <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--strength")
+    with progress_bars():
+        adapted = adapt_run(run, target_images, method, out, strength=strength, tolerance=tolerance,
+                            cache_dir=cache_dir)
+    a = adapted.metrics["adaptation"]
+    if as_json:
+        click.echo(json_text(a))
+        return
+    c = a["source_check"]
+    stdout.print(escape(f"{a['method']} (strength {a['strength']:g}) from {a['n_target']} target images; source "
+                        f"check on {c['n']} {c['split']} images: {100 * c['source_top1']:.1f}% -> "
+                        f"{100 * c['adapted_top1']:.1f}% ({'pass' if c['passed'] else 'over the tolerance'}); "
+                        f"clean val top1 {adapted.metrics['top1']:.4f} (source {a['source_top1']:.4f})"))
+    click.echo(f"adapted run written to {out}/")
+
+
 @cli.command()
 def backbones():
     """List the supported backbones and their preprocessing."""
@@ -125,6 +171,63 @@ def backbones():
         table.add_row(spec.name, str(spec.size), str(p.resize), norm(spec.mean, IMAGENET_MEAN),
                       norm(spec.std, IMAGENET_STD), spec.interpolation, str(spec.embedding_dim), weights(spec))
     stdout.print(table)
+
+
+@cli.command("rank")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--candidate", "candidates", multiple=True, metavar="NAME[@SIZE]",
+              help="A backbone (at an input size) to score; repeat it. Default: the project file's candidates.")
+@click.option("--val-split", type=FiniteFloat(0.0, 1.0), default=None,
+              help="Validation fraction of a folder without train/ and val/ (as finetune: 0.2).")
+@click.option("--seed", type=int, default=None, help="Split seed (as finetune: 0).")
+@click.option("--cache-dir", default=None, help="Embedding cache (default $EDGETL_CACHE or ~/.cache/edgetl).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
+def rank_cmd(source: Path, candidates, val_split, seed, cache_dir, as_json):
+    """Rank candidate backbones by transferability, before fine-tuning any.
+
+    SOURCE is a project file (edgetl.yaml: its `data` and `candidates`) or an image folder
+    with --candidate options. Each candidate embeds the training split once (cached, shared
+    with finetune) and is scored by LogME (You et al., ICML 2021; higher is better) and
+    leave-one-out 5-NN accuracy. The validation split is never looked at.
+
+    \b
+    Examples:
+      edgetl rank edgetl.yaml
+      edgetl rank data/digits --candidate tf_efficientnet_lite0 --candidate tf_efficientnet_lite0@288
+    """
+    from rich.table import Table
+
+    from edgetl.rank import parse_candidate, rank, read_project
+
+    data, chosen = source, [parse_candidate(c) for c in candidates]
+    if source.is_file():
+        project = read_project(source)
+        data, chosen = project.data, chosen or project.candidates
+        val_split = project.val_split if val_split is None else val_split
+        seed = project.seed if seed is None else seed
+    elif not chosen:
+        raise click.UsageError("pass --candidate NAME[@SIZE] (repeatable), or a project file instead of a folder")
+    with progress_bars():
+        # Unset: finetune's defaults, so rank scores the very images finetune trains on.
+        ranking = rank(data, chosen, val_split=FinetuneConfig.val_split if val_split is None else val_split,
+                       seed=FinetuneConfig.seed if seed is None else seed, cache_dir=cache_dir)
+    if as_json:
+        click.echo(json_text(ranking.to_dict()))
+        return
+    n = ranking.scores[0].n
+    table = Table(title=escape(f"transferability on {ranking.data} ({n} training images, {len(ranking.labels)} classes)"),
+                  caption="best first by LogME (nats per image, higher is better; compare on the same data only) · "
+                          f"{ranking.k}-NN: leave-one-out accuracy · embedded: images not in the cache")
+    for col in ("#", "candidate", "LogME", f"{ranking.k}-NN top1", "embedded", "seconds"):
+        table.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=col == "candidate")
+    for i, s in enumerate(ranking.scores, 1):
+        table.add_row(str(i), s.name, f"{s.logme:.4f}", f"{s.knn_top1:.4f}", str(s.embedded),
+                      f"{s.embed_seconds + s.score_seconds:.1f}")
+    stdout.print(table)
+    best = ranking.scores[0]
+    split = f" --val-split {ranking.val_split:g} --seed {ranking.seed}" if ranking.val_split is not None else ""
+    click.echo(f"ranked in {ranking.seconds:.1f} s; fine-tune the best with: edgetl finetune {ranking.data} "
+               f"--backbone {best.backbone} --input-size {best.input_size}{split} --out RUN")
 
 
 @cli.command("cache")
@@ -224,6 +327,8 @@ def export_cmd(run: Path, target: str, out: Path, allow_accuracy_drop: bool, as_
             verdict = "[green]pass[/]" if g["passed"] else ("[red]FAIL (accepted)[/]" if allow_accuracy_drop
                                                             else "[red]FAIL[/]")
             stdout.print(f"accuracy gate: drop {g['drop_pts']:.2f} pts, tolerance {g['tolerance_pts']:g} pts: {verdict}")
+        if manifest.extra.get("recovery"):
+            _print_recovery(manifest.extra["recovery"])
     if not result.passed:
         if allow_accuracy_drop:
             logging.getLogger("edgetl").warning("%s; accepted (--allow-accuracy-drop)", result.message)
@@ -233,9 +338,34 @@ def export_cmd(run: Path, target: str, out: Path, allow_accuracy_drop: bool, as_
             sys.exit(1)
 
 
+def _print_recovery(record: dict) -> None:
+    """The recovery ladder's steps (edgetl/recovery.py) under the export table."""
+    from rich.table import Table
+
+    from edgetl.recovery import describe
+
+    t = record["trigger"]
+    table = Table(title=f"recovery: the gate failed at drop {t['drop_pts']:.2f} pts", title_justify="left")
+    for col in ("step", "what", "top1", "drop pts", "host ms/img", "size MB", "verdict"):
+        table.add_column(col, overflow="fold")
+    for s in record.get("steps", []):
+        if "skipped" in s:
+            table.add_row(s["step"], escape(f"{s['name']}: {s['skipped']}"), "-", "-", "-", "-", "skipped")
+            continue
+        won = record.get("winner") == s["step"] and s["passed"]
+        table.add_row(s["step"], escape(s["what"]), f"{s['top1']:.4f}", f"{s['drop_pts']:.2f}", f"{s['latency_ms']:.1f}",
+                      f"{s['size_bytes'] / 1e6:.2f}", "[green]won[/]" if won else ("pass" if s["passed"] else "fail"))
+    stdout.print(table)
+    stdout.print(escape(describe(record)))
+
+
 from edgetl.cli.device import evaluate_cmd  # noqa: E402  (the device runtime, run on the host)
 
 cli.add_command(evaluate_cmd)
+
+from edgetl.cli.build import build_cmd  # noqa: E402  (edgetl build: edgetl.yaml -> every target's bundle)
+
+cli.add_command(build_cmd)
 
 
 def main() -> None:

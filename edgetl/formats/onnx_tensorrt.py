@@ -10,8 +10,9 @@ int8: an explicit-quantization QDQ ONNX from onnxruntime's `quantize_static`, sc
 host with onnxruntime as the INT8 proxy, plus the FP32 ONNX and a TensorRT calibration cache
 for implicit INT8 on TensorRT 8.x. TensorRT reads Q/DQ pairs as the precision plan (the
 only INT8 path left in TensorRT 11), so the settings follow its Q/DQ placement guide:
-symmetric int8 weights (per output channel) and activations, zero points 0, float biases,
-Q/DQ on the inputs of convolutions and residual adds, a dedicated pair per consumer.
+symmetric int8 weights (per output channel, stored as int8 initializers that a
+DequantizeLinear reads) and activations, zero points 0, float biases, Q/DQ on the inputs of
+convolutions and residual adds, a dedicated pair per consumer.
 
 The engine itself is built on the device (edgetl/backends/engine.py); the device runs this
 format with the `tensorrt` backend, the host scores it with `onnxruntime`.
@@ -257,7 +258,11 @@ TENSORRT_QDQ_OPTIONS = {
     # The weight-scale bump onnxruntime makes so an int32 bias stays representable only
     # costs weight precision when the bias stays float.
     "QDQDisableWeightAdjustForInt32Bias": True,
-    "AddQDQPairToWeight": True,
+    # Weights are stored as int8 initializers read by a DequantizeLinear, the form TensorRT's
+    # Q/DQ guide and onnxruntime both take. With a float weight + QuantizeLinear pair per
+    # weight (AddQDQPairToWeight) the Lite0 INT8 file was 13.6 MB, larger than its 13.4 MB
+    # FP32 ONNX; stored as int8 it is 0.27x of it with the same scales (docs/benchmarks.md).
+    "AddQDQPairToWeight": False,
     "DedicatedQDQPair": True,
     "OpTypesToExcludeOutputQuantization": ["Conv", "Add"],
     # Keep Clip (ReLU6) explicit: TensorRT fuses it into the conv, and removing it would
@@ -276,9 +281,25 @@ class QdqResult:
 
 
 def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray],
-                 recipe: CalibrationRecipe) -> QdqResult:
+                 recipe: CalibrationRecipe, *, float_weights: bool = False) -> QdqResult:
     """Write the INT8 QDQ ONNX of `fp32_onnx`, calibrated on preprocessed NCHW `calibration` arrays
-    (made by `edgetl.core.preprocess.Preprocess`, as on the device)."""
+    (made by `edgetl.core.preprocess.Preprocess`, as on the device).
+
+    Args:
+        fp32_onnx: the FP32 ONNX from `export_onnx`.
+        out_path: where the QDQ ONNX is written.
+        calibration: preprocessed NCHW float32 arrays, one or more images each.
+        recipe: the calibration recipe (method, per-channel weights).
+        float_weights: keep each weight float behind a QuantizeLinear/DequantizeLinear pair
+            (the form shipped before int8 initializers; as large as FP32). Only for
+            benchmarks/bench_qdq.py's comparison: `validate` refuses it for a bundle.
+
+    Returns:
+        The written path, the calibration ranges per tensor, the method and the image count.
+
+    Raises:
+        EdgetlError: no calibration images, or the result fails onnx.checker.
+    """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -314,7 +335,7 @@ def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Seque
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options=TENSORRT_QDQ_OPTIONS,
+            extra_options={**TENSORRT_QDQ_OPTIONS, "AddQDQPairToWeight": float_weights},
             calibration_cache_path=str(cache),
         )
     log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
@@ -438,8 +459,19 @@ def export(request: ExportRequest, out_path: Path) -> Exported:
 
 
 def qdq_structure(path: Path) -> dict:
-    """How the Q/DQ pairs sit in a QDQ ONNX: per conv, is every activation and weight input
-    a DequantizeLinear fed by a QuantizeLinear, and is the bias a float initializer."""
+    """How the Q/DQ pairs sit in a QDQ ONNX, per conv.
+
+    Args:
+        path: a QDQ ONNX file.
+
+    Returns:
+        Counts: `convs`; `convs_qdq_activation` (input 0 is a DequantizeLinear fed by a
+        QuantizeLinear); `convs_int8_weight` (the weight is a DequantizeLinear reading an int8
+        initializer: stored quantized); `convs_float_weight_qdq` (the weight is a float
+        initializer behind a QuantizeLinear/DequantizeLinear pair: quantized at run time,
+        stored float); `convs_float_bias` and `convs_with_bias`; `initializer_bytes` by
+        dtype ("int8", "float32", ...); and `ops`, the node count per op type.
+    """
     import onnx
 
     graph = onnx.load(str(path)).graph
@@ -451,15 +483,29 @@ def qdq_structure(path: Path) -> dict:
         return dq is not None and dq.op_type == "DequantizeLinear" and \
             getattr(producer.get(dq.input[0]), "op_type", None) == "QuantizeLinear"
 
+    def int8_stored(name: str) -> bool:
+        dq = producer.get(name)
+        return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits \
+            and inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+
+    def float_behind_qdq(name: str) -> bool:
+        return qdq_fed(name) and producer[producer[name].input[0]].input[0] in inits
+
     convs = [n for n in graph.node if n.op_type == "Conv"]
+    sizes: Counter = Counter()
+    for init in graph.initializer:
+        array = onnx.numpy_helper.to_array(init)
+        sizes[str(array.dtype)] += array.nbytes
     return {
         "ops": dict(Counter(n.op_type for n in graph.node)),
         "convs": len(convs),
         "convs_qdq_activation": sum(qdq_fed(n.input[0]) for n in convs),
-        "convs_qdq_weight": sum(qdq_fed(n.input[1]) for n in convs),
+        "convs_int8_weight": sum(int8_stored(n.input[1]) for n in convs),
+        "convs_float_weight_qdq": sum(float_behind_qdq(n.input[1]) for n in convs),
         "convs_float_bias": sum(len(n.input) > 2 and n.input[2] in inits
                                 and inits[n.input[2]].data_type == onnx.TensorProto.FLOAT for n in convs),
         "convs_with_bias": sum(len(n.input) > 2 and bool(n.input[2]) for n in convs),
+        "initializer_bytes": dict(sorted(sizes.items())),
     }
 
 
@@ -481,9 +527,12 @@ def validate(path: Path, precision: str) -> dict:
     if precision == "int8":
         s = qdq_structure(path)
         problem = None
-        if s["convs_qdq_activation"] != s["convs"] or s["convs_qdq_weight"] != s["convs"]:
-            problem = (f"has Q/DQ on {s['convs_qdq_activation']} conv inputs and {s['convs_qdq_weight']} conv weights "
-                       f"of {s['convs']} convs")
+        if s["convs_qdq_activation"] != s["convs"] or s["convs_int8_weight"] != s["convs"]:
+            problem = (f"has Q/DQ on {s['convs_qdq_activation']} conv inputs and int8-stored weights on "
+                       f"{s['convs_int8_weight']} of {s['convs']} convs"
+                       + (f" ({s['convs_float_weight_qdq']} keep float weights behind a Q/DQ pair, which TensorRT "
+                          "takes but ships the model at FP32 size; quantize with float_weights=False)"
+                          if s["convs_float_weight_qdq"] else ""))
         elif s["convs_float_bias"] != s["convs_with_bias"]:
             problem = f"has quantized biases ({s['convs_with_bias'] - s['convs_float_bias']} convs)"
         if problem:

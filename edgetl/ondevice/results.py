@@ -60,3 +60,28 @@ class HeadsReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """The outcome of `drift`: recent images against the bundle's reference set.
+
+    `drift` is True when `p_value` <= `alpha`; `score` is the unbiased MMD^2 (about 0 without
+    drift) and `threshold` the permutation distribution's 1 - alpha quantile.
+    """
+
+    bundle: str
+    n_recent: int
+    n_reference: int
+    statistic: str
+    score: float
+    threshold: float
+    p_value: float
+    alpha: float
+    permutations: int
+    bandwidth: float
+    drift: bool
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -69,7 +69,7 @@ def require_method(recipe: CalibrationRecipe, supported: Sequence[str], backend:
         return
     fits = [r.name for r in list_recipes() if r.method in supported]
     raise ConfigError(f"calibration recipe '{recipe.name}' uses method '{recipe.method}', which {backend} does not "
-                      f"support (it supports {', '.join(supported)}); pass --calib-recipe "
+                      f"support (it supports {', '.join(supported)}); pass calib_recipe (--calib-recipe) "
                       f"{' or '.join(fits) if fits else 'with one of those methods'}")
 
 

@@ -47,7 +47,7 @@ def freeze_for(strategy: str, backbone: nn.Module, unfreeze: int) -> list[list[n
         n = 0
     elif strategy == "partial":
         if not 1 <= unfreeze <= len(stages):
-            raise EdgetlError(f"--unfreeze {unfreeze} must be between 1 and {len(stages)} for this backbone")
+            raise EdgetlError(f"unfreeze {unfreeze} must be between 1 and {len(stages)} for this backbone")
         n = unfreeze
     elif strategy == "full":
         n = len(stages)

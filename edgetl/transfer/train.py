@@ -1,7 +1,9 @@
 """Training loops: the head on cached embeddings, and the backbone on augmented images.
 
-Both stop early on validation balanced accuracy and restore the best weights, so the
-saved model is the one whose numbers metrics.json reports.
+Both stop early on the balanced accuracy of the selection split (images held out of the
+training data, edgetl.data.carve_selection) and restore the best weights. The validation
+split is never passed in here: metrics.json's reported numbers come from images no
+decision looked at. History rows name the split their `selection_*` numbers come from.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from edgetl.core.metrics import balanced_accuracy
 
 
 class EarlyStopping:
-    """Keeps the epoch with the best validation balanced accuracy. Accuracy on a few hundred
-    images moves in steps, so ties are common; a tie goes to the lower validation loss
-    (the more confident of equally accurate models) instead of to whichever came first."""
+    """Keeps the epoch with the best selection-split balanced accuracy. Accuracy on a few
+    dozen or hundred images moves in steps, so ties are common; a tie goes to the lower
+    selection loss (the more confident of equally accurate models) instead of to whichever
+    came first."""
 
     def __init__(self, patience: int):
         self.patience = patience
@@ -81,15 +84,30 @@ class FunctionalAdamW:
               beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
 
 
-def train_head(head: nn.Linear, dropout: float, train_x, train_y, val_x, val_y, cfg: FinetuneConfig,
-               epochs: int, lr: float, patience: int) -> list[dict]:
-    """Softmax regression on frozen embeddings (feature extraction). Seconds on a CPU."""
+def train_head(head: nn.Linear, dropout: float, train_x, train_y, sel_x, sel_y, cfg: FinetuneConfig,
+               epochs: int, lr: float, patience: int, split: str = "selection") -> list[dict]:
+    """Softmax regression on frozen embeddings (feature extraction). Seconds on a CPU.
+
+    Args:
+        head: the linear head, trained in place; it ends with the best epoch's weights.
+        dropout: dropout on the embedding during training.
+        train_x, train_y: training embeddings [N, D] (float32) and class indices.
+        sel_x, sel_y: the selection split's embeddings and class indices, which early
+            stopping scores; never the validation split.
+        cfg: batch size, weight decay, label smoothing, seed.
+        epochs, lr, patience: the schedule.
+        split: the name of the split `sel_x` comes from, recorded in every history row.
+
+    Returns:
+        One row per epoch: phase, epoch, split, train_loss, selection_loss, selection_top1,
+        selection_balanced_accuracy; the restored epoch's row has kept=True.
+    """
     num_classes = head.out_features
     model = nn.Sequential(nn.Dropout(dropout), head)
     opt = FunctionalAdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     tx, ty = torch.from_numpy(train_x), torch.from_numpy(np.asarray(train_y, dtype=np.int64))
-    vx, vy = torch.from_numpy(val_x), np.asarray(val_y)
+    vx, vy = torch.from_numpy(sel_x), np.asarray(sel_y)
     gen = torch.Generator().manual_seed(cfg.seed)
     stopper, history = EarlyStopping(patience), []
     for epoch in range(epochs):
@@ -106,12 +124,13 @@ def train_head(head: nn.Linear, dropout: float, train_x, train_y, val_x, val_y, 
         model.eval()
         with torch.no_grad():
             logits = head(vx)
-            val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(vy.astype(np.int64))))
+            sel_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(vy.astype(np.int64))))
         pred = logits.argmax(1).numpy()
         bacc = balanced_accuracy(vy, pred, num_classes)
-        history.append({"phase": "linear", "epoch": epoch, "train_loss": total / len(tx), "val_loss": val_loss,
-                        "val_top1": float((pred == vy).mean()), "val_balanced_accuracy": bacc})
-        if stopper.update(bacc, val_loss, epoch, head):
+        history.append({"phase": "linear", "epoch": epoch, "split": split, "train_loss": total / len(tx),
+                        "selection_loss": sel_loss, "selection_top1": float((pred == vy).mean()),
+                        "selection_balanced_accuracy": bacc})
+        if stopper.update(bacc, sel_loss, epoch, head):
             break
     head.load_state_dict(stopper.best_state)
     history[stopper.best_epoch]["kept"] = True  # the weights that were restored
@@ -128,15 +147,29 @@ def predict_logits(model: nn.Module, items, preprocess) -> np.ndarray:
     return np.concatenate(out)
 
 
-def train_backbone(model, trainable_stages, train_items, val_items, preprocess, cfg: FinetuneConfig,
+def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, cfg: FinetuneConfig,
                    epochs: int, lr: float, patience: int, strategy: str,
-                   start: tuple[float, float] | None = None) -> list[dict]:
+                   start: tuple[float, float] | None = None, split: str = "selection") -> list[dict]:
     """Fine-tune the trainable stages and the head on augmented images.
 
-    `start` is the model's validation (balanced accuracy, loss) as it enters (the linear
-    probe's). The starting weights stay a candidate, so fine-tuning never hands back a model
-    that is worse on the validation split than the probe it began from; if no epoch beats
-    it, no history row is marked kept and the caller keeps the probe.
+    Args:
+        model: the Classifier, trained in place; it ends with the best epoch's weights.
+        trainable_stages: the backbone stages that train (`freeze_for`).
+        train_items: (path, class) pairs trained on.
+        sel_items: (path, class) pairs early stopping scores: the selection split, never
+            the validation split.
+        preprocess: the run's preprocessing (NCHW).
+        cfg, epochs, lr, patience: options and schedule.
+        strategy: "partial" or "full", the phase name in the history.
+        start: the model's selection-split (balanced accuracy, loss) as it enters (the linear
+            probe's). The starting weights stay a candidate, so fine-tuning never hands back
+            a model that is worse on the selection split than the probe it began from; if no
+            epoch beats it, no history row is marked kept and the caller keeps the probe.
+        split: the name of the split `sel_items` is, recorded in every history row.
+
+    Returns:
+        One row per epoch (as `train_head`'s, plus seconds); the restored epoch's row has
+        kept=True.
     """
     num_classes = model.head.out_features
     channels_last(model)  # before the optimiser and the L2-SP reference capture the parameters
@@ -151,7 +184,7 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
     transform = train_transform(preprocess, cfg.augment)
     loader = DataLoader(ImageDataset(train_items, preprocess, transform), batch_size=cfg.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed), num_workers=0)
-    val_y = np.array([c for _, c in val_items])
+    sel_y = np.array([c for _, c in sel_items])
     stopper, history = EarlyStopping(patience), []
     if start is not None:
         stopper.start_from(*start, model)
@@ -177,16 +210,16 @@ def train_backbone(model, trainable_stages, train_items, val_items, preprocess, 
                 seen += len(y)
                 task.advance()
             sched.step()
-            logits = predict_logits(model, val_items, preprocess)
+            logits = predict_logits(model, sel_items, preprocess)
             pred = logits.argmax(1)
-            val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y)))
-            bacc = balanced_accuracy(val_y, pred, num_classes)
-            history.append({"phase": strategy, "epoch": epoch, "train_loss": total / seen, "val_loss": val_loss,
-                            "val_top1": float((pred == val_y).mean()), "val_balanced_accuracy": bacc,
-                            "seconds": time.perf_counter() - t0})
-            log.info("epoch %d: train loss %.3f, val top1 %.3f, balanced %.3f", epoch, total / seen,
-                     history[-1]["val_top1"], bacc)
-            if stopper.update(bacc, val_loss, epoch, model):
+            sel_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(sel_y)))
+            bacc = balanced_accuracy(sel_y, pred, num_classes)
+            history.append({"phase": strategy, "epoch": epoch, "split": split, "train_loss": total / seen,
+                            "selection_loss": sel_loss, "selection_top1": float((pred == sel_y).mean()),
+                            "selection_balanced_accuracy": bacc, "seconds": time.perf_counter() - t0})
+            log.info("epoch %d: train loss %.3f, %s top1 %.3f, balanced %.3f", epoch, total / seen, split,
+                     history[-1]["selection_top1"], bacc)
+            if stopper.update(bacc, sel_loss, epoch, model):
                 break
     model.load_state_dict(stopper.best_state)
     if stopper.best_epoch >= 0:
