@@ -16,14 +16,15 @@ DEMO_DATA := tests/data/sign-digits-demo
 DEMO_IMAGES := $(foreach c,0 3 7,$(firstword $(wildcard $(DEMO_DATA)/$(c)/*.JPG)))
 
 # The main job end to end: fine-tune -> INT8 TFLite bundle for rpi5 -> predict without torch.
-# The demo's validation split is 50 images, so one image is 2 points and the rpi5 gate
-# (1 point) is noise there: the export reports the gate's verdict and the demo goes on.
 # moving-average calibration: its 100x100 upscaled photos lose 2 images with it, 5 with
-# the target's default minmax (docs/benchmarks.md, calibration recipes).
+# the target's default minmax (docs/benchmarks.md, calibration recipes). Two images are
+# 4 points on its 50 validation images, over the rpi5 gate (1 point): the export's recovery
+# ladder keeps the 4 most sensitive blocks in float and passes at 0 points, 1.3x the INT8
+# latency (docs/benchmarks.md, "INT8 accuracy recovery (issue 16)").
 demo: $(STAMP)
 	$(BIN)/edgetl finetune $(DEMO_DATA) --strategy linear --out $(DEMO_OUT)/run
 	$(BIN)/edgetl export $(DEMO_OUT)/run --target rpi5 --precision int8 --calib-recipe moving-average \
-		--allow-accuracy-drop --out $(DEMO_OUT)/rpi5
+		--out $(DEMO_OUT)/rpi5
 	$(BIN)/edgetl-device predict $(DEMO_OUT)/rpi5 $(DEMO_IMAGES)
 	@echo "demo results: $(DEMO_OUT)/run (metrics.json, training_curve.png), $(DEMO_OUT)/rpi5 (bundle, manifest.json)"
 

@@ -103,12 +103,14 @@ def aligned_run(trained_run, field, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_align_improves_accuracy_on_the_shifted_camera(trained_run, aligned_run, field):
     before, after = _top1(trained_run, field["val"]), _top1(aligned_run, field["val"])
     print(f"shifted val top1: source {before:.3f}, aligned {after:.3f}")
     assert after >= before + 0.05
 
 
+@pytest.mark.slow
 def test_adapted_run_is_a_normal_run_with_its_record(trained_run, aligned_run, field):
     import torch
 
@@ -131,6 +133,7 @@ def test_adapted_run_is_a_normal_run_with_its_record(trained_run, aligned_run, f
     assert metrics["n"] == len(field["record"]["val_files"])
 
 
+@pytest.mark.slow
 def test_adabn_changes_only_batchnorm_running_statistics(trained_run, field, tmp_path):
     import torch
 
@@ -156,6 +159,7 @@ def test_adabn_changes_only_batchnorm_running_statistics(trained_run, field, tmp
         assert torch.equal(source["head"][key], adapted["head"][key])
 
 
+@pytest.mark.slow
 def test_bad_requests_are_clear_errors(trained_run, field, tmp_path):
     import edgetl.adapt
 
@@ -174,6 +178,7 @@ def test_bad_requests_are_clear_errors(trained_run, field, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_adapted_run_exports_and_predicts(aligned_run, tmp_path):
     import edgetl
 
@@ -190,6 +195,7 @@ def bundle(fp32_bundle, tmp_path) -> Path:
     return copy_bundle(fp32_bundle, tmp_path / "bundle")
 
 
+@pytest.mark.slow
 def test_device_adapt_versions_rollback_torch_free(bundle, field, trained_run):
     from edgetl.bundle import Bundle
 
@@ -225,6 +231,7 @@ def test_device_adapt_versions_rollback_torch_free(bundle, field, trained_run):
     assert again["version"] == 2 and again["metrics"]["base_version"] == 0
 
 
+@pytest.mark.slow
 def test_device_adapt_needs_a_reference_set_and_images(bundle, field, monkeypatch, tmp_path):
     from edgetl import ondevice
     from edgetl.bundle import Bundle
@@ -241,6 +248,7 @@ def test_device_adapt_needs_a_reference_set_and_images(bundle, field, monkeypatc
     assert not (bundle / "heads" / "index.json").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_during_adapt_never_corrupts_the_store(bundle, field):
     """SIGKILLs at seeded random moments of `edgetl-device adapt` (tests/killtest.py): anywhere,
     in the fit-guardrail-write window, or within 10 ms of the head file write."""

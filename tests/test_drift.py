@@ -51,6 +51,7 @@ def drift_sets(trained_run, tmp_path_factory) -> dict:
     return {"clean": clean, "shifted": shift_folder(DEMO, root / "shifted", 0, picked)}
 
 
+@pytest.mark.slow
 def test_device_drift_flags_the_cheap_camera_not_a_clean_subset(fp32_bundle, drift_sets, tmp_path):
     bundle = copy_bundle(fp32_bundle, tmp_path / "bundle")
     clean = device("drift", bundle, drift_sets["clean"], "--json", "--seed", "0")  # torch-free (DEVICE_ENV)
@@ -65,6 +66,7 @@ def test_device_drift_flags_the_cheap_camera_not_a_clean_subset(fp32_bundle, dri
     assert text.returncode == 4 and "DRIFT" in text.stdout and "p-value" in text.stdout
 
 
+@pytest.mark.slow
 def test_device_drift_refusals(fp32_bundle, drift_sets, tmp_path, monkeypatch):
     from edgetl import ondevice
     from edgetl.bundle import Bundle

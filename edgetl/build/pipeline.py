@@ -97,8 +97,11 @@ def _export_all(cache: StageCache, fts: dict, project: Project, jobs: int) -> di
                     finish(cand, spec, job, run_export_job(job))
                     task.advance()
             else:
-                # Processes, not threads: conversion (litert-torch, the quantizers) holds the GIL
-                # for most of its time. spawn, not fork: a forked torch with live threads can hang.
+                # Processes, not threads: conversion is mostly Python (torch.export tracing,
+                # flatbuffer and ONNX graph building), and each export keeps its own torch
+                # thread count and converter state. spawn, not fork: a forked torch with live
+                # threads can hang. On this 2-vCPU host 2 workers were 13-17 % slower than 1
+                # (docs/benchmarks.md, "edgetl build"); it pays with more cores than exports need.
                 ctx = multiprocessing.get_context("spawn")
                 threads = max(1, (os.cpu_count() or 1) // workers)
                 log.info("exporting %d bundles in %d worker processes (%d torch threads each)", len(pending), workers,

@@ -90,8 +90,8 @@ class ThirdPartyFilter(logging.Filter):
 
 def quiet_libraries() -> None:
     """Set the environment and warning filters; call before torch, TensorFlow or LiteRT is
-    imported (the CLI does it when edgetl.cli.common is imported). A variable the user set is
-    kept."""
+    imported (`edgetl.cli.common.run_group` does, before it runs the command: importing the
+    CLIs imports none of them). A variable the user set is kept."""
     for name, value in ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     warnings.simplefilter("ignore")
@@ -111,13 +111,18 @@ def native_stderr_filtered(enabled: bool = True):
     if not enabled or sys.stderr is None:
         yield
         return
+    sys.stderr.flush()
+    opened: list[int] = []
     try:
-        sys.stderr.flush()
         real = os.dup(2)
+        opened.append(real)
         read, write = os.pipe()
+        opened += [read, write]
         child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER], stdin=read, stdout=real,
                                  stderr=subprocess.DEVNULL, close_fds=True)
-    except OSError:  # no pipe or no process to spare: noisy beats broken
+    except (OSError, ValueError):  # no pipe, no process to spare, no interpreter path: noisy beats broken
+        for fd in opened:
+            os.close(fd)
         yield
         return
     os.close(read)

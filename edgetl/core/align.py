@@ -26,8 +26,8 @@ import numpy as np
 
 # A dimension whose target spread collapsed (a channel that goes dark in low light) would
 # get an unbounded scale; this caps A's per-dimension gain. On the simulated cheap camera
-# (benchmarks/camera_shift.py) Lite0's largest ratio was within it; see the adaptation
-# record's "clipped" count.
+# (benchmarks/camera_shift.py) 12 to 24 of Lite0's 1280 dimensions hit it (the adaptation
+# record's "clipped_dimensions"; docs/benchmarks.md).
 MAX_SCALE = 10.0
 STD_EPS = 1e-6
 

@@ -75,7 +75,8 @@ def _static_quantizer(fp32_path: Path, recipe: CalibrationRecipe, activation_bit
                         activation_num_bits=activation_bits, weight_num_bits=8, weight_granularity=granularity)
     for name in float_tensors:
         # The quantizer matches an op by its scope: its output tensor names, each followed by ";".
-        q.update_quantization_recipe(regex=f"^{re.escape(name)};", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        q.update_quantization_recipe(regex=f"^{re.escape(name)};",
+                                     operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                      algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
     return q
 
@@ -254,8 +255,9 @@ def _int8_source(request: ExportRequest, out_path: Path) -> tuple[Path, dict, li
 
     A module with hard-swish / hard-sigmoid is converted again through
     `edgetl.formats.delegable` (so the INT8 graph stays one XNNPACK partition); the FP32
-    artifact keeps XNNPACK's fused float HARD_SWISH, measured 4-12 % faster at 1 thread on
-    MobileNetV3 than the rewritten float graph (docs/benchmarks.md). Beside a `base` the
+    artifact keeps XNNPACK's fused float HARD_SWISH, 6-10 % faster at 1 thread on MobileNetV3
+    than the rewritten float graph (docs/benchmarks.md, "XNNPACK partitions and INT8 speed
+    (issue 16)", benchmarks/bench_partitions.py). Beside a `base` the
     rewritten graph is kept and reused, so the recovery ladder re-quantizes without
     converting again; the bundle writer drops it since no manifest lists it.
     """
@@ -275,6 +277,20 @@ def _int8_source(request: ExportRequest, out_path: Path) -> tuple[Path, dict, li
 
 
 def export(request: ExportRequest, out_path: Path) -> Exported:
+    """Write `request.module` as a .tflite of `request.precision` to `out_path`.
+
+    Args:
+        request: module, size, layout, precision, recipe, calibration; `base` (an FP32
+            .tflite of the same module) saves the FP32 conversion for fp16 / int8.
+        out_path: the file to write.
+
+    Returns:
+        The Exported artifact: its I/O as the manifest records it and the converter facts
+        (quantizer, calibration, and for int8 the graph rewrite when one was applied).
+
+    Raises:
+        EdgetlError: a recipe LiteRT cannot take, or no calibration images for int8.
+    """
     out_path = Path(out_path)
     info: dict = {"converter": "litert-torch"}
     if request.precision == "int8":

@@ -8,7 +8,7 @@ maximum mean discrepancy (MMD, Gretton et al. 2012) with an RBF kernel whose ban
 median pairwise distance of the pooled sample (the median heuristic); its null distribution
 comes from permutations of the pooled sample, so the false-alarm rate is at most `alpha` for
 recent images drawn like the reference ones whatever the embedding's distribution
-(measured: docs/benchmarks.md, "Adaptation to field images").
+(measured, and why the default alpha is 0.01: DEFAULT_ALPHA).
 
 What counts as drift is any change of the embedding distribution: a new camera, light,
 place, or a different mix of classes (a week of only one class drifts too).
@@ -33,7 +33,12 @@ log = logging.getLogger("edgetl")
 
 MIN_IMAGES = 10
 DEFAULT_PERMUTATIONS = 1000
-DEFAULT_ALPHA = 0.05
+# The test is exact (false alarms <= alpha) for images exchangeable with the reference set,
+# but real "clean" images never quite are: hymenoptera's training images against its
+# validation reference set were flagged in 13 of 100 subsets of 50 at alpha 0.05, 1 at 0.01;
+# the digits (one folder split at random) 2 and 1; the cheap camera 100 of 100 at both
+# (docs/benchmarks.md, "Adaptation to field images"). Hence 0.01.
+DEFAULT_ALPHA = 0.01
 _BLOCK = 256  # permutations per matrix product: bounds memory at BLOCK x N floats
 
 

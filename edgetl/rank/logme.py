@@ -65,8 +65,22 @@ class Spectrum:
         if not np.isfinite(f).all():
             raise EdgetlError("LogME: the embeddings hold NaN or infinite values; clear the cache (`edgetl cache "
                               "--clear`) and embed again")
-        u, s, _ = np.linalg.svd(f, full_matrices=False)
-        return cls(s, u, f.shape[0], f.shape[1])
+        n, dim = f.shape
+        # The SVD through the smaller Gram matrix, as the paper's code does: on the digits'
+        # 1651 x 1280 embeddings, eigh(F^T F) took 2.5 s against 6.3 s for np.linalg.svd
+        # (2 loaded vCPUs). Squaring F loses the directions whose singular value is below
+        # ~1e-8 of the largest; they are dropped, i.e. counted as zero, which changes
+        # log(alpha + beta s^2) by beta s^2 / alpha: nothing at these scales.
+        if n >= dim:
+            eig, v = np.linalg.eigh(f.T @ f)
+            keep = eig > eig.max() * max(n, dim) * np.finfo(np.float64).eps
+            s = np.sqrt(eig[keep])
+            u = (f @ v[:, keep]) / s
+        else:
+            eig, u = np.linalg.eigh(f @ f.T)
+            keep = eig > eig.max() * max(n, dim) * np.finfo(np.float64).eps
+            s, u = np.sqrt(eig[keep]), u[:, keep]
+        return cls(s, u, n, dim)
 
 
 def _terms(spec: Spectrum, z: np.ndarray, y_sq: float, alpha: float, beta: float) -> tuple[float, float, float]:
