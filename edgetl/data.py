@@ -128,7 +128,7 @@ def load_split(root: str | Path, val_split: float = 0.2, seed: int = 0, known_go
         split = Split(root, labels, train, val, "train/val", None, seed, skipped + skipped_val)
     else:
         if not 0.0 < val_split < 1.0:
-            raise EdgetlError(f"--val-split {val_split} must be between 0 and 1 for a folder without train/ and val/")
+            raise EdgetlError(f"val_split (--val-split) {val_split} must be between 0 and 1 for a folder without train/ and val/")
         items, labels, skipped = scan_class_folders(root, known_good=known_good)
         train, val = _stratified_split(items, val_split, seed)
         split = Split(root, labels, train, val, "class folders", val_split, seed, skipped)
@@ -136,7 +136,7 @@ def load_split(root: str | Path, val_split: float = 0.2, seed: int = 0, known_go
         raise EdgetlError(f"'{root}' has one class ({split.labels[0]}); a classifier needs at least two")
     warn_imbalance(split.train, split.labels, "training data")
     if not split.val:
-        raise EdgetlError(f"'{root}': the validation split is empty; add images or raise --val-split")
+        raise EdgetlError(f"'{root}': the validation split is empty; add images or raise val_split (--val-split)")
     return split
 
 
@@ -245,7 +245,7 @@ def train_transform(preprocess, augment: str = "light"):
                v2.RandAugment(num_ops=2, magnitude=9),
                v2.ColorJitter(0.3, 0.3, 0.3, 0.05)]
     else:
-        raise EdgetlError(f"--augment '{augment}' is not one of {AUGMENTATIONS}")
+        raise EdgetlError(f"augment (--augment) '{augment}' is not one of {AUGMENTATIONS}")
     return v2.Compose(ops + tail)
 
 

@@ -231,6 +231,23 @@ def stage_flags(summary: dict) -> dict:
     return {(s["stage"], s["label"]): s["reused"] for s in summary["stages"]}
 
 
+def test_cache_command_lists_and_clears_build_stages(tmp_path):
+    """`edgetl cache` shows the build's stage cache beside the embeddings and `--clear` frees it."""
+    from edgetl.build.cache import StageCache
+
+    root = tmp_path / "edgetl-cache"  # as $EDGETL_CACHE: the build keeps its stages in build/
+    stages = StageCache(root / "build")
+    staged = stages.stage_dir("verify", "ab" * 32)
+    (staged / "result.json").write_text("{}")
+    stages.commit("verify", "ab" * 32, staged, {"top1": 1.0})
+    listed = run_cli(EDGETL, "cache", "--cache-dir", root)
+    assert listed.returncode == 0, listed.stderr
+    assert "build" in listed.stdout and "verify stage (1 finished)" in listed.stdout
+    cleared = run_cli(EDGETL, "cache", "--cache-dir", root, "--clear")
+    assert cleared.returncode == 0 and "freed" in cleared.stdout
+    assert not (root / "build").exists()
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The cold build: two candidates x two targets, exports in two worker processes."""
@@ -333,6 +350,33 @@ def test_impossible_gates_exit_1_and_every_report_names_target_and_gate(built):
     report = (root / "dist-fail" / "report.md").read_text()
     assert report.startswith("# edgetl build: FAILED")
     assert "target 'rpi5' failed gate min_top1" in report and "**FAIL**: latency_budget_ms" in report
+
+
+@pytest.mark.slow
+def test_keep_top_ranks_before_fine_tuning_and_fine_tunes_only_the_best(built):
+    root = built["root"]
+    body = edit(BASE, keep_top=1)
+    project = write_project(root / "proj-top", body)
+    proc, summary = build_cli(project, root / "dist-top", built["cache"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranking = summary["ranking"]
+    assert [r["rank"] for r in ranking] == [1, 2] and sum(r["kept"] for r in ranking) == 1
+    # Same backbone, size and split: equal scores, and the project file's order breaks the tie.
+    assert ranking[0]["logme"] == ranking[1]["logme"]
+    kept = next(r["candidate"] for r in ranking if r["kept"])
+    assert kept == "tf_efficientnet_lite0"
+    assert [c["name"] for c in summary["candidates"]] == [kept]
+    for target in summary["targets"].values():
+        assert [s["candidate"] for s in target["selection"]] == [kept] and target["candidate"] == kept
+    flags = stage_flags(summary)
+    # Ranked now; the second candidate (same backbone, size, split) shares the first's score.
+    assert not flags[("rank", kept)] and flags[("rank", "lite0-e20")] and flags[("finetune", kept)]
+    assert not any(stage == "finetune" and label == "lite0-e20" for stage, label in flags)
+    report = (root / "dist-top" / "report.md").read_text()
+    assert "Transferability ranking (`keep_top: 1`" in report and "lite0-e20" in report
+    assert "not fine-tuned" in (root / "dist-top" / "report.html").read_text()
+    again, summary2 = build_cli(project, root / "dist-top", built["cache"])
+    assert again.returncode == 0 and all(s["reused"] for s in summary2["stages"])  # the ranking is cached too
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from dockerfile_parse import DockerfileParser
 from tests.conftest import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "edge-artifacts.yml"
-BUILD = "edgetl build edgetl.yaml --out dist/"
+BUILD = "edgetl build {project} --out dist/"
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,25 @@ def test_builds_with_python_311_and_the_edgetl_cache(steps):
     assert str(py["with"]["python-version"]) == "3.11"
     _, cache = step(steps, uses="actions/cache")
     assert cache["with"]["path"] == "~/.cache/edgetl"
-    assert "hashFiles('edgetl.yaml'" in cache["with"]["key"] and "requirements" in cache["with"]["key"]
+    assert "hashFiles(env.PROJECT" in cache["with"]["key"] and "requirements" in cache["with"]["key"]
     _, install = step(steps, run="pip install")
     assert '".[host,tflite]"' in install["run"]
 
 
+def test_builds_a_project_file_of_this_repository(workflow, steps):
+    """The workflow runs as it is here: its project file exists and its data is in the repo."""
+    project = REPO / workflow["env"]["PROJECT"]
+    assert project.is_file()
+    from edgetl.build.config import load_project
+
+    assert load_project(project).data.is_dir()
+    _, build = step(steps, run="edgetl build")
+    assert build["run"].strip() == BUILD.format(project='"$PROJECT"')
+
+
 def test_publishes_results_even_when_a_gate_fails(steps):
     build_at, build = step(steps, run="edgetl build")
-    assert build["run"].strip() == BUILD and "if" not in build
+    assert "if" not in build
     checks = {"summary": step(steps, run="$GITHUB_STEP_SUMMARY"), "junit": step(steps, uses="mikepenz/action-junit-report"),
               "upload": step(steps, uses="actions/upload-artifact")}
     for name, (at, s) in checks.items():
@@ -74,7 +85,7 @@ def test_the_builder_image_runs_the_same_command():
     parser = DockerfileParser(fileobj=io.BytesIO((REPO / "docker" / "Dockerfile.builder").read_bytes()))
     values = {i["instruction"]: i["value"] for i in parser.structure}
     entry = yaml.safe_load(values["ENTRYPOINT"]) + yaml.safe_load(values["CMD"])  # exec form is a JSON list
-    assert " ".join(entry) == BUILD
+    assert " ".join(entry) == BUILD.format(project="edgetl.yaml")  # a user's repository, mounted at /work
 
 
 def test_actionlint_passes():

@@ -4,7 +4,6 @@ every FORMATS row converts MobileNetV3 (hard-swish, the classic INT8 trouble spo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -125,13 +125,19 @@ def test_candidates_parse_and_are_checked():
 def test_project_file_data_is_relative_to_it(tmp_path):
     project = tmp_path / "proj" / "edgetl.yaml"
     project.parent.mkdir()
-    project.write_text("data: images\nseed: 3\ncandidates:\n  - tf_efficientnet_lite0\n"
+    project.write_text("data: images\nfinetune: {seed: 3, strategy: linear}\ncandidates:\n  - tf_efficientnet_lite0\n"
                        "  - {backbone: tf_efficientnet_lite0, input_size: 288}\n  - tf_efficientnet_lite2@300\n"
                        "  - tf_efficientnet_lite0@224\n")
     p = read_project(project)
     assert p.data == tmp_path / "proj" / "images" and p.seed == 3 and p.val_split is None
     assert [c.name for c in p.candidates] == ["tf_efficientnet_lite0@224", "tf_efficientnet_lite0@288",
                                               "tf_efficientnet_lite2@300"]  # the duplicate is scored once
+    # The split as `edgetl build` reads it: from `finetune:` or `data:`, never two values.
+    project.write_text("data: {path: images, val_split: 0.3}\ncandidates: [tf_efficientnet_lite0]\n")
+    assert read_project(project).val_split == 0.3
+    project.write_text("data: {path: images, seed: 1}\nfinetune: {seed: 2}\ncandidates: [tf_efficientnet_lite0]\n")
+    with pytest.raises(EdgetlError, match="'data.seed' is 1 but 'finetune.seed' is 2"):
+        read_project(project)
     project.write_text("data: images\ncandidates: [{input_size: 224}]\n")
     with pytest.raises(EdgetlError, match=r"candidates\[0\]"):
         read_project(project)

@@ -33,7 +33,7 @@ def test_augmentation_varies_the_image_and_keeps_the_input_contract(augment):
 
 def test_augment_none_and_unknown():
     assert train_transform(PRE, "none") is None  # the caller uses the eval preprocessing
-    with pytest.raises(EdgetlError, match="--augment 'heavy'"):
+    with pytest.raises(EdgetlError, match=r"augment \(--augment\) 'heavy'"):
         train_transform(PRE, "heavy")
 
 

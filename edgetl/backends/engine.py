@@ -9,7 +9,6 @@ whose key differs. The API differences between TensorRT 8.x, 10.x and 11.x are d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgetl.bundle import MANIFEST, Bundle, BundleError, Manifest
+from edgetl.bundle import Bundle, BundleError, Manifest, bundle_digest
 from edgetl.core.fsutil import atomic_write_bytes, atomic_write_json
 from edgetl.errors import EdgetlError
 
@@ -53,10 +52,6 @@ class EngineKey:
     def mismatch(self, other: "EngineKey") -> list[str]:
         return [f"{k}: engine has {getattr(other, k)!r}, this device needs {getattr(self, k)!r}"
                 for k in asdict(self) if getattr(self, k) != getattr(other, k)]
-
-
-def bundle_digest(bundle_dir: str | Path) -> str:
-    return hashlib.sha256((Path(bundle_dir) / MANIFEST).read_bytes()).hexdigest()
 
 
 def engine_key(bundle_dir: str | Path, gpu: str, compute_capability: str, tensorrt: str) -> EngineKey:

@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +26,7 @@ from edgetl.build.devresults import check_all_matched, read_device_results
 from edgetl.build.dist import install_bundle, remove_stale
 from edgetl.build.select import Option, evaluate_gates, pareto, select
 from edgetl.build.stages import (ExportJob, StageResult, benchmark_stage, export_key, export_target, finetune_stage,
-                                 run_export_job, verify_stage, worker_init)
+                                 rank_stage, run_export_job, verify_stage, worker_init)
 from edgetl.core.progress import ProgressCallback, reporting, track
 from edgetl.errors import EdgetlError
 
@@ -141,6 +141,36 @@ def _option(cand: str, spec: TargetSpec, ex: StageResult, ver: StageResult | Non
                   selection_split=rec["selection_split"], latency=latency)
 
 
+def _keep_top(cache: StageCache, project: Project, data_digest: str,
+              stages: list[StageResult]) -> tuple[Project, list[dict] | None]:
+    """`keep_top: K`: rank every candidate on frozen embeddings (no fine-tuning) and go on
+    with the K best by LogME. Returns the project with only those, and the ranking rows."""
+    from edgetl.rank import top_k
+
+    if not project.keep_top or len(project.candidates) <= project.keep_top:
+        return project, None
+    records = []
+    with track("build: ranking", len(project.candidates)) as task:
+        for cand in project.candidates:
+            r = rank_stage(cache, project.data, data_digest, cand)
+            stages.append(r)
+            # The name from the project: candidates with the same backbone, size and split
+            # share one cached score, recorded under whichever was ranked first.
+            records.append({**r.record, "candidate": cand.name})
+            task.advance()
+    kept = {r["candidate"] for r in top_k(records, project.keep_top)}
+    order = sorted(records, key=lambda r: (r["logme"], r["knn_top1"]), reverse=True)  # stable, as top_k
+    rows = [{"candidate": r["candidate"], "rank": i, "logme": r["logme"], "knn_top1": r["knn_top1"],
+             "kept": r["candidate"] in kept,
+             "why": (f"LogME rank {i} of {len(order)}: " +
+                     (f"within keep_top {project.keep_top}" if r["candidate"] in kept
+                      else f"below keep_top {project.keep_top}, not fine-tuned"))}
+            for i, r in enumerate(order, 1)]
+    log.info("ranking: fine-tuning %s; not %s (keep_top %d)", ", ".join(r["candidate"] for r in rows if r["kept"]),
+             ", ".join(r["candidate"] for r in rows if not r["kept"]), project.keep_top)
+    return replace(project, candidates=tuple(c for c in project.candidates if c.name in kept)), rows
+
+
 def build(project_file: str | Path, out: str | Path, *, jobs: int = 1, device_results: Sequence[str | Path] = (),
           cache_dir: str | Path | None = None, progress: ProgressCallback | None = None) -> BuildResult:
     """Build every target's bundle from a project file.
@@ -183,6 +213,7 @@ def _build(project_file: Path, out: Path, jobs: int, device_files: list, cache_d
     log.info("data '%s': content digest %s in %.2f s", project.data, data_digest[:12], time.perf_counter() - t0)
 
     stages: list[StageResult] = []
+    project, ranking = _keep_top(cache, project, data_digest, stages)
     fts = {}
     with track("build: fine-tuning", len(project.candidates)) as task:
         for cand in project.candidates:
@@ -253,7 +284,7 @@ def _build(project_file: Path, out: Path, jobs: int, device_files: list, cache_d
                 stale.rmdir()
 
     summary = assemble(project, out, data_digest, targets, fts, stages, cache.root, device_files,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, ranking)
     files = write_reports(summary, out)
     failures = tuple(g["message"] for t in summary["targets"].values() for g in t["gates"] if not g["passed"])
     reused = sum(1 for s in stages if s.reused)

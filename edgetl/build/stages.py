@@ -1,5 +1,7 @@
-"""The four cached stages of `edgetl build`, each a function of its inputs' content hash:
+"""The cached stages of `edgetl build`, each a function of its inputs' content hash:
 
+    rank       LogME + k-NN of each candidate's frozen embeddings, when `keep_top` asks to
+               fine-tune only the best-ranked ones (edgetl.rank)
     finetune   one run per candidate                   (edgetl.finetune)
     export     one bundle per candidate x target       (edgetl.export; in worker processes with --jobs)
     verify     the written bundle, opened and scored with the device runtime on the run's
@@ -75,6 +77,41 @@ def _log_done(r: StageResult, what: str) -> None:
         log.error("%s %s: failed after %.1f s: %s", r.stage, r.label, r.seconds, r.error)
     else:
         log.info("%s %s: %s in %.1f s (key %s)", r.stage, r.label, what, r.seconds, r.key[:12])
+
+
+# -- rank -------------------------------------------------------------------------------------
+def rank_stage(cache: StageCache, data: Path, data_digest: str, cand: Candidate) -> StageResult:
+    """Score `cand`'s frozen embeddings of its training split (edgetl.rank.rank), the split and
+    weights it would be fine-tuned with; the score is cached like a fine-tune."""
+    from edgetl.rank import make_candidate, rank
+    from edgetl.transfer.config import FinetuneConfig
+
+    t0 = time.perf_counter()
+    cfg = FinetuneConfig(**cand.finetune)
+    options = stage_options(cand.finetune)
+    key = key_of({"stage": "rank", "edgetl": edgetl.__version__, "versions": package_versions(TRAIN_PACKAGES),
+                  "data": {"root": str(data.resolve()), "digest": data_digest},
+                  "options": {k: options.get(k) for k in ("backbone", "input_size", "val_split", "seed")},
+                  "weights": weights_identity(options)})
+    record = cache.load("rank", key)
+    if record is not None:
+        r = StageResult("rank", key, cand.name, True, time.perf_counter() - t0, record, cache.entry("rank", key))
+        _log_done(r, "")
+        return r
+    staged = cache.stage_dir("rank", key)
+    try:
+        ranking = rank(data, [make_candidate(cand.backbone, cand.input_size, f"candidate '{cand.name}'")],
+                       val_split=cfg.val_split, seed=cfg.seed, cache_dir=cfg.cache_dir, weights=cfg.weights)
+        score = ranking.scores[0]
+        record = {"candidate": cand.name, "logme": score.logme, "knn_top1": score.knn_top1, "n": score.n,
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        path = cache.commit("rank", key, staged, record)
+    except BaseException:
+        cache.discard(staged)
+        raise
+    r = StageResult("rank", key, cand.name, False, time.perf_counter() - t0, record, path)
+    _log_done(r, f"LogME {record['logme']:.4f}, {ranking.k}-NN {record['knn_top1']:.4f}")
+    return r
 
 
 # -- finetune ---------------------------------------------------------------------------------

@@ -5,10 +5,10 @@ The runtime, the on-device adaptation and the exporter all depend on this packag
 depends only on edgetl.core.
 """
 
-from edgetl.bundle.bundle import Bundle
+from edgetl.bundle.bundle import Bundle, bundle_digest
 from edgetl.bundle.heads import DEFAULT_TASK, Head, HeadStore
 from edgetl.bundle.manifest import MANIFEST, SCHEMA_VERSION, BundleError, Manifest, manifest_digest
 from edgetl.bundle.writer import BundleWriter
 
 __all__ = ["Bundle", "BundleError", "BundleWriter", "DEFAULT_TASK", "Head", "HeadStore", "MANIFEST", "Manifest",
-           "SCHEMA_VERSION", "manifest_digest"]
+           "SCHEMA_VERSION", "bundle_digest", "manifest_digest"]

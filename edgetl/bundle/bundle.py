@@ -17,6 +17,12 @@ from edgetl.core.fsutil import sha256_file
 from edgetl.core.preprocess import Preprocess
 
 
+def bundle_digest(bundle_dir: str | Path) -> str:
+    """sha256 of a bundle's manifest.json (which lists every file's sha256), without opening
+    it: what a build's device results and a TensorRT engine cache are keyed by."""
+    return sha256_file(Path(bundle_dir) / MANIFEST)
+
+
 @dataclass(frozen=True)
 class Bundle:
     """An opened bundle. Build it with `Bundle.open`."""
@@ -85,7 +91,7 @@ class Bundle:
     @property
     def digest(self) -> str:
         """sha256 of manifest.json, which lists every file's sha256: one name for the whole bundle."""
-        return sha256_file(self.dir / MANIFEST)
+        return bundle_digest(self.dir)
 
     def factory_head(self) -> Head:
         """The head the bundle was exported with (version 0 of every head store)."""
@@ -122,6 +128,18 @@ class Bundle:
         """(version, head) in use: the head store's active version, else the factory head (0)."""
         store = self.heads(task)
         return store.load_active() if store.exists() else (0, self.factory_head())
+
+    def require_reference(self, purpose: str) -> tuple[np.ndarray, list[str]]:
+        """The reference set, for an operation that cannot go on without one.
+
+        Raises:
+            BundleError: the bundle ships none (exported before reference sets existed).
+        """
+        ref = self.reference()
+        if ref is None:
+            raise BundleError(f"bundle '{self.dir}' has no reference set (reference.npz), {purpose}; re-export it "
+                              "with `edgetl export` (bundles from this version ship one)")
+        return ref
 
     def reference(self) -> tuple[np.ndarray, list[str]] | None:
         """The factory's reference embeddings and their labels (the guardrail's set), if shipped."""

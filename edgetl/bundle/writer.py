@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from edgetl.bundle.manifest import MANIFEST, READABLE_SCHEMAS, SCHEMA_VERSION, BundleError, Manifest
-from edgetl.core.fsutil import atomic_write_json, exchange_dirs, fsync_dir, ordinary_permissions, sha256_file
+from edgetl.core.fsutil import atomic_write_json, fsync_dir, ordinary_permissions, replace_dir, sha256_file
 
 log = logging.getLogger("edgetl")
 
@@ -182,16 +181,5 @@ class BundleWriter:
         ordinary_permissions(self.stage)
         fsync_dir(self.stage)
         check_destination(self.out)  # again: a device may have retrained while we exported
-        if self.out.exists() and any(self.out.iterdir()):
-            if not exchange_dirs(self.stage, self.out):
-                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-                self.out.rename(old)
-                self.stage.rename(self.out)
-                self.stage = old
-            shutil.rmtree(self.stage, ignore_errors=True)  # now the old bundle
-        else:
-            if self.out.exists():
-                self.out.rmdir()
-            self.stage.rename(self.out)
-        fsync_dir(self.out.parent)
+        replace_dir(self.stage, self.out)
         return manifest

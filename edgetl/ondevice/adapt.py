@@ -98,15 +98,10 @@ def adapt(bundle: str | Path, images: list[str | Path] | str | Path, *, task: st
     """
     tolerance = guardrail.check_tolerance(tolerance)
     strength = _check_strength(strength)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise EdgetlError(f"seed must be a whole number from 0 to 2**32-1, not {seed!r}")
+    seed = guardrail.check_seed(seed)
     items = [images] if isinstance(images, (str, Path)) else list(images)
     b = Bundle.open(bundle)
-    reference = b.reference()
-    if reference is None:
-        raise EdgetlError(f"bundle '{bundle}' has no reference set (reference.npz), the source statistics adapt "
-                          "aligns to; re-export it with `edgetl export` (bundles from this version ship one)")
-    ref_emb, ref_labels = reference
+    ref_emb, ref_labels = b.require_reference("the source statistics adapt aligns to")
     store = b.heads(task)
     paths = collect_images([Path(i) for i in items])
     if len(paths) < min_images:
@@ -150,12 +145,6 @@ def adapt(bundle: str | Path, images: list[str | Path] | str | Path, *, task: st
                    "fit_seconds": round(seconds, 4), "guardrail": verdict.to_dict(), "source_domain": source_domain,
                    "target_scores": {"before": align.prediction_scores(old.logits(emb)),
                                      "after": align.prediction_scores(new.logits(emb))}, "seed": seed}
-        activate = guardrail.enforce(verdict, force)
-        forced = force and not verdict.passed
-        version = None
-        if activate:
-            metrics["forced"] = forced
-            version = writer.add(new, parent=parent, source=f"{SOURCE} {Path(items[0]).name}",
-                                 data_digest=data_digest(digests, [""] * len(digests)), metrics=metrics,
-                                 activate=True)
-    return AdaptResult("adapt", task, parent, version, activate, forced, list(new.labels), metrics)
+        return guardrail.conclude("adapt", task, verdict, force, writer, new, parent=parent,
+                                  source=f"{SOURCE} {Path(items[0]).name}",
+                                  data_digest=data_digest(digests, [""] * len(digests)), metrics=metrics)

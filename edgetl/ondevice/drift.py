@@ -25,6 +25,7 @@ import numpy as np
 from edgetl.backends import Backbone
 from edgetl.bundle import Bundle
 from edgetl.errors import EdgetlError
+from edgetl.ondevice import guardrail
 from edgetl.ondevice.embedcache import embed_files
 from edgetl.ondevice.localdata import collect_images
 from edgetl.ondevice.results import DriftResult
@@ -122,15 +123,10 @@ def drift(bundle: str | Path, images: list[str | Path] | str | Path, *, permutat
         raise EdgetlError(f"permutations must be a whole number from 100 to 100000, not {permutations!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
         raise EdgetlError(f"alpha must be a number between 0 and 1 (the accepted false-alarm rate), not {alpha!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise EdgetlError(f"seed must be a whole number from 0 to 2**32-1, not {seed!r}")
+    seed = guardrail.check_seed(seed)
     items = [images] if isinstance(images, (str, Path)) else list(images)
     b = Bundle.open(bundle)
-    reference = b.reference()
-    if reference is None:
-        raise EdgetlError(f"bundle '{bundle}' has no reference set (reference.npz) to compare with; re-export it "
-                          "with `edgetl export` (bundles from this version ship one)")
-    ref_emb = reference[0]
+    ref_emb, _ = b.require_reference("the sample recent images are compared with")
     paths = collect_images([Path(i) for i in items])
     if len(paths) < min_images:
         raise EdgetlError(f"{len(paths)} usable image(s) given; drift needs at least {min_images} recent images "

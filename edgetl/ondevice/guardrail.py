@@ -17,6 +17,7 @@ import numpy as np
 
 from edgetl.bundle import Head
 from edgetl.errors import EdgetlError
+from edgetl.ondevice.results import AdaptResult
 
 log = logging.getLogger("edgetl")
 
@@ -55,6 +56,13 @@ def check_tolerance(tolerance: float) -> float:
     return float(tolerance)
 
 
+def check_seed(seed: int) -> int:
+    """Seeds of the held-out split, the bootstrap and the permutations: a whole number numpy takes."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise EdgetlError(f"seed must be a whole number from 0 to 2**32-1, not {seed!r}")
+    return seed
+
+
 def accuracy(head: Head, emb: np.ndarray, labels: list[str]) -> float:
     predicted = np.asarray(head.labels)[head.predict(emb)]
     return float(np.mean(predicted == np.asarray(labels))) if len(labels) else 0.0
@@ -85,6 +93,24 @@ def check(old: Head, new: Head, sets: dict[str, tuple[np.ndarray, list[str]] | N
         log.warning("guardrail: no samples of the old classes to check against (no reference set in the "
                     "bundle and no old classes in the local data); the new head is activated unchecked")
     return verdict
+
+
+def conclude(action: str, task: str, verdict: Verdict, force: bool, writer, new: Head, *, parent: int, source: str,
+             data_digest: str, metrics: dict, label: str | None = None) -> AdaptResult:
+    """The common end of add-class, retrain and adapt: activate `new` as a new version of the
+    store (through the open `writer`) when the verdict allows it or `force` overrides it.
+
+    Returns:
+        AdaptResult; `version` is None and the old head stays active when refused.
+    """
+    activate = enforce(verdict, force)
+    forced = force and not verdict.passed
+    version = None
+    if activate:
+        metrics["forced"] = forced
+        version = writer.add(new, parent=parent, source=source, data_digest=data_digest, metrics=metrics,
+                             activate=True)
+    return AdaptResult(action, task, parent, version, activate, forced, list(new.labels), metrics, label)
 
 
 def enforce(verdict: Verdict, force: bool) -> bool:

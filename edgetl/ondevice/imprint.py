@@ -83,12 +83,7 @@ def add_class(bundle: str | Path, label: str, images: list[str | Path], *, task:
         support = guardrail.accuracy(new, emb, [label] * len(emb))
         metrics = {"images": len(paths), "support_accuracy": support, "fit_seconds": seconds,
                    "guardrail": verdict.to_dict()}
-        activate = guardrail.enforce(verdict, force)
-        forced = force and not verdict.passed
-        version = None
-        if activate:
-            metrics["forced"] = forced
-            version = writer.add(new, parent=parent, source=f"add-class {label}",
-                                 data_digest=data_digest(digests, [label] * len(digests)),
-                                 metrics=metrics, activate=True)
-    return AdaptResult("add-class", task, parent, version, activate, forced, list(new.labels), metrics, label)
+        return guardrail.conclude("add-class", task, verdict, force, writer, new, parent=parent,
+                                  source=f"add-class {label}",
+                                  data_digest=data_digest(digests, [label] * len(digests)), metrics=metrics,
+                                  label=label)

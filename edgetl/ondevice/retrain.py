@@ -14,7 +14,6 @@ from edgetl.backends import Backbone
 from edgetl.bundle import DEFAULT_TASK, Bundle, Head
 from edgetl.bundle.manifest import check_label
 from edgetl.core.metrics import classification_metrics
-from edgetl.errors import EdgetlError
 from edgetl.ondevice import guardrail
 from edgetl.ondevice.embedcache import embed_files
 from edgetl.ondevice.fit import FitConfig, fit_softmax
@@ -47,8 +46,7 @@ def retrain(bundle: str | Path, data: str | Path, *, task: str = DEFAULT_TASK, m
         EdgetlError: an untrusted bundle or head store, too few classes or images, a bad number.
     """
     tolerance = guardrail.check_tolerance(tolerance)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise EdgetlError(f"seed must be a whole number from 0 to 2**32-1, not {seed!r}")
+    seed = guardrail.check_seed(seed)
     b = Bundle.open(bundle)
     store = b.heads(task)
     classes = scan_classes(Path(data), min_images)
@@ -81,11 +79,6 @@ def retrain(bundle: str | Path, data: str | Path, *, task: str = DEFAULT_TASK, m
                    "held_out_balanced_accuracy": held_metrics["balanced_accuracy"],
                    "fit_seconds": round(seconds, 4), "steps": result.steps, "best_step": result.best_step,
                    "seed": seed, "guardrail": verdict.to_dict()}
-        activate = guardrail.enforce(verdict, force)
-        forced = force and not verdict.passed
-        version = None
-        if activate:
-            metrics["forced"] = forced
-            version = writer.add(new, parent=parent, source=f"retrain {Path(data).name}",
-                                 data_digest=data_digest(digests, names), metrics=metrics, activate=True)
-    return AdaptResult("retrain", task, parent, version, activate, forced, list(new.labels), metrics)
+        return guardrail.conclude("retrain", task, verdict, force, writer, new, parent=parent,
+                                  source=f"retrain {Path(data).name}", data_digest=data_digest(digests, names),
+                                  metrics=metrics)

@@ -79,8 +79,9 @@ def read_project(path: str | Path) -> Project:
     """Read `data` (relative to the file) and `candidates` from a project YAML.
 
     `candidates` entries are backbone names (`NAME` or `NAME@SIZE`) or mappings
-    `{backbone: NAME, input_size: N}`. `val_split` and `seed` are read from the top level
-    or from a `data:` mapping (`data: {path: images/, val_split: 0.2, seed: 0}`) when present.
+    `{backbone: NAME, input_size: N}`. `val_split` and `seed` are read where `edgetl build`
+    reads them, the `finetune:` mapping or a `data:` mapping (`data: {path: images/,
+    val_split: 0.2, seed: 0}`), so rank scores the training images the build trains on.
 
     Args:
         path: the project file (edgetl.yaml).
@@ -94,10 +95,16 @@ def read_project(path: str | Path) -> Project:
     path = Path(path)
     raw = read_mapping(path)
     data = raw.get("data")
-    options = {k: raw[k] for k in ("val_split", "seed") if k in raw}
+    common = raw.get("finetune") if isinstance(raw.get("finetune"), dict) else {}
+    options = {k: common[k] for k in ("val_split", "seed") if k in common}
     if isinstance(data, dict):
-        options.update({k: data[k] for k in ("val_split", "seed") if k in data})
-        data = data.get("path") or data.get("root")
+        for k in ("val_split", "seed"):
+            if k in data and k in options and data[k] != options[k]:
+                raise EdgetlError(f"'{path}': key 'data.{k}' is {data[k]!r} but 'finetune.{k}' is {options[k]!r}; "
+                                  "keep one")
+            if k in data:
+                options[k] = data[k]
+        data = data.get("path")
     if not isinstance(data, str) or not data:
         raise EdgetlError(f"'{path}': key 'data' must be the image folder (relative to the file), "
                           "e.g. `data: images/`")

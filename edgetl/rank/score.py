@@ -101,7 +101,7 @@ def rank(data: str | Path, candidates: list[Candidate], *, val_split: float = 0.
 
     candidates = list(dict.fromkeys(candidates))
     if not candidates:
-        raise EdgetlError("no candidates to rank; pass --candidate NAME[@SIZE] or a project file with `candidates`")
+        raise EdgetlError("no candidates to rank; pass candidates (--candidate NAME[@SIZE]) or a project file with `candidates`")
     started = time.perf_counter()
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # as finetune: same embeddings, same speed
     data = data_root(data)

@@ -177,6 +177,15 @@ def selection_table(selection: list[dict], chosen: str | None) -> str:
     return _table(head, rows, ["" if r.get("kept") else "dropped" for r in selection])
 
 
+def ranking_table(ranking: list[dict]) -> str:
+    """The `keep_top` ranking: every candidate, best LogME first, and whether it was fine-tuned."""
+    rows = [[_td(r.get("rank"), True), _td(r.get("candidate", "?")), _td(_num(r.get("logme"), "{:.4f}"), True),
+             _td(_pct(r.get("knn_top1")), True), _td("fine-tuned" if r.get("kept") else "not fine-tuned"),
+             _td(r.get("why") or "")] for r in ranking]
+    return _table(["#", "candidate", "LogME", "k-NN top-1", "", "why"], rows,
+                  ["" if r.get("kept") else "dropped" for r in ranking])
+
+
 def facts_table(target: dict, versions: dict) -> str:
     """Calibration, bundle, digest and versions as a two-column table."""
     calib = target.get("calibration") or {}
@@ -254,6 +263,11 @@ def render(summary: dict) -> str:
             f'<p class="meta">{esc(" · ".join(p for p in meta if p))}</p>',
             f'<p class="verdict">{_badge(passed)} {esc(verdict)}</p>',
             "<h2>Targets</h2>", summary_table(targets) if targets else '<p class="muted">no targets were built</p>']
+    if summary.get("ranking"):
+        body += [f"<h3>Transferability ranking (keep_top {esc(summary.get('keep_top'))})</h3>",
+                 '<p class="muted">LogME and leave-one-out k-NN on frozen embeddings of the training split, '
+                 "before any fine-tuning; only the kept candidates were fine-tuned.</p>",
+                 ranking_table(summary["ranking"])]
     if summary.get("candidates"):
         body += ["<h3>Candidates fine-tuned</h3>", candidates_table(summary["candidates"])]
     for i, (name, t) in enumerate(targets.items(), 1):

@@ -54,6 +54,15 @@ def render(summary: dict) -> str:
                   for n, d in device_rows]
         lines.append("")
 
+    if summary.get("ranking"):
+        lines += [f"Transferability ranking (`keep_top: {summary['keep_top']}`; LogME on frozen embeddings of the "
+                  "training split, before any fine-tuning):", "",
+                  "| # | candidate | LogME | k-NN top-1 | fine-tuned |", "|---:|---|---:|---:|---|"]
+        lines += ["| " + " | ".join(_cell(v) for v in (r["rank"], r["candidate"], f"{r['logme']:.4f}",
+                                                         _pct(r["knn_top1"]), "**yes**" if r["kept"] else "no")) + " |"
+                  for r in summary["ranking"]]
+        lines.append("")
+
     for name, t in summary["targets"].items():
         lines += [f"## {_cell(name)}", ""]
         split = (t.get("selection_split") or {})

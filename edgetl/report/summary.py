@@ -122,8 +122,9 @@ def versions() -> dict:
 
 
 def assemble(project, out: Path, data_digest: str, targets: dict, fts: dict, stages: list, cache_root: Path,
-             device_files, seconds: float) -> dict:
-    """The whole summary.json document."""
+             device_files, seconds: float, ranking: list[dict] | None = None) -> dict:
+    """The whole summary.json document; `ranking` lists every candidate ranked for `keep_top`
+    (kept or not), `candidates` only those fine-tuned."""
     candidates = []
     for cand in project.candidates:
         ft = fts[cand.name]
@@ -142,6 +143,7 @@ def assemble(project, out: Path, data_digest: str, targets: dict, fts: dict, sta
         "targets": targets,
         "candidates": candidates,
         "keep_top": project.keep_top,
+        "ranking": ranking,
         "selection_policy": SELECTION_POLICY,
         "stages": [s.to_summary() for s in stages],
         "reused": {"stages": len(stages), "reused": sum(1 for s in stages if s.reused)},

@@ -18,11 +18,14 @@ from edgetl.transfer.features import default_cache_dir
 
 @dataclass
 class CacheEntry:
-    kind: str  # "embeddings" or "backbone"
+    kind: str  # "embeddings", "backbone" or "build" (one entry per `edgetl build` stage)
     path: Path
     what: str
     files: int
     bytes: int
+
+
+CACHED = ("embeddings", "backbones", "build")  # `build` is edgetl.build.cache.default_cache_root()
 
 
 def _bytes(folder: Path) -> int:
@@ -59,13 +62,18 @@ def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
         sidecar = path.with_suffix(".json")
         size = path.stat().st_size + (sidecar.stat().st_size if sidecar.is_file() else 0)
         entries.append(CacheEntry("backbone", path, _describe_backbone(path), 1, size))
+    for folder in sorted((root / "build").glob("*")):  # edgetl.build.cache: build/<stage>/<xx>/<key>/
+        if folder.is_dir():
+            finished = [p for p in folder.glob("*/*") if p.is_dir() and not p.name.startswith(".")]
+            entries.append(CacheEntry("build", folder, f"{folder.name} stage ({len(finished)} finished)",
+                                      sum(1 for p in folder.rglob("*") if p.is_file()), _bytes(folder)))
     return entries
 
 
 def clear_cache(cache_dir: str | Path | None = None) -> int:
-    """Remove the embedding and backbone caches; returns the bytes freed."""
+    """Remove the embedding, backbone and build-stage caches; returns the bytes freed."""
     root = Path(cache_dir or default_cache_dir())
-    freed = sum(_bytes(root / sub) for sub in ("embeddings", "backbones") if (root / sub).is_dir())
-    for sub in ("embeddings", "backbones"):
+    freed = sum(_bytes(root / sub) for sub in CACHED if (root / sub).is_dir())
+    for sub in CACHED:
         shutil.rmtree(root / sub, ignore_errors=True)
     return freed
