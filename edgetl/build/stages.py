@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -79,6 +80,27 @@ def _log_done(r: StageResult, what: str) -> None:
         log.info("%s %s: %s in %.1f s (key %s)", r.stage, r.label, what, r.seconds, r.key[:12])
 
 
+def _cached_stage(cache: StageCache, stage: str, key: str, label: str, t0: float,
+                  compute: Callable[[Path], dict], done: Callable[[dict], str]) -> StageResult:
+    """The cache's answer for (`stage`, `key`), or `compute(staged_folder) -> record` run once
+    and committed; `done(record)` is the log line's figure. A failure leaves no entry."""
+    record = cache.load(stage, key)
+    if record is not None:
+        r = StageResult(stage, key, label, True, time.perf_counter() - t0, record, cache.entry(stage, key))
+        _log_done(r, "")
+        return r
+    staged = cache.stage_dir(stage, key)
+    try:
+        record = compute(staged)
+        path = cache.commit(stage, key, staged, record)
+    except BaseException:
+        cache.discard(staged)
+        raise
+    r = StageResult(stage, key, label, False, time.perf_counter() - t0, record, path)
+    _log_done(r, done(record))
+    return r
+
+
 # -- rank -------------------------------------------------------------------------------------
 def rank_stage(cache: StageCache, data: Path, data_digest: str, cand: Candidate) -> StageResult:
     """Score `cand`'s frozen embeddings of its training split (edgetl.rank.rank), the split and
@@ -93,25 +115,16 @@ def rank_stage(cache: StageCache, data: Path, data_digest: str, cand: Candidate)
                   "data": {"root": str(data.resolve()), "digest": data_digest},
                   "options": {k: options.get(k) for k in ("backbone", "input_size", "val_split", "seed")},
                   "weights": weights_identity(options)})
-    record = cache.load("rank", key)
-    if record is not None:
-        r = StageResult("rank", key, cand.name, True, time.perf_counter() - t0, record, cache.entry("rank", key))
-        _log_done(r, "")
-        return r
-    staged = cache.stage_dir("rank", key)
-    try:
+
+    def compute(staged: Path) -> dict:
         ranking = rank(data, [make_candidate(cand.backbone, cand.input_size, f"candidate '{cand.name}'")],
                        val_split=cfg.val_split, seed=cfg.seed, cache_dir=cfg.cache_dir, weights=cfg.weights)
         score = ranking.scores[0]
-        record = {"candidate": cand.name, "logme": score.logme, "knn_top1": score.knn_top1, "n": score.n,
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        path = cache.commit("rank", key, staged, record)
-    except BaseException:
-        cache.discard(staged)
-        raise
-    r = StageResult("rank", key, cand.name, False, time.perf_counter() - t0, record, path)
-    _log_done(r, f"LogME {record['logme']:.4f}, {ranking.k}-NN {record['knn_top1']:.4f}")
-    return r
+        return {"candidate": cand.name, "logme": score.logme, "knn_top1": score.knn_top1, "n": score.n,
+                "k": ranking.k, "seconds": round(time.perf_counter() - t0, 2)}
+
+    return _cached_stage(cache, "rank", key, cand.name, t0, compute,
+                         lambda rec: f"LogME {rec['logme']:.4f}, {rec['k']}-NN {rec['knn_top1']:.4f}")
 
 
 # -- finetune ---------------------------------------------------------------------------------
@@ -145,29 +158,19 @@ def finetune_stage(cache: StageCache, data: Path, data_digest: str, cand: Candid
     """Fine-tune `cand` on `data` once; later builds reuse the run while its inputs hold."""
     t0 = time.perf_counter()
     key = finetune_key(data, data_digest, cand)
-    record = cache.load("finetune", key)
-    if record is not None:
-        r = StageResult("finetune", key, cand.name, True, time.perf_counter() - t0, record, cache.entry("finetune", key))
-        _log_done(r, "")
-        return r
-    log.info("finetune %s: training (%s)", cand.name, ", ".join(f"{k}={v}" for k, v in cand.finetune.items()))
-    staged = cache.stage_dir("finetune", key)
-    try:
+
+    def compute(staged: Path) -> dict:
+        log.info("finetune %s: training (%s)", cand.name, ", ".join(f"{k}={v}" for k, v in cand.finetune.items()))
         run = edgetl.finetune(data, staged / "run", **cand.finetune)
-        seconds = time.perf_counter() - t0
         sel = run.metrics.get("selection") if isinstance(run.metrics.get("selection"), dict) else {}
-        record = {"candidate": cand.name, "options": stage_options(cand.finetune), "seconds": round(seconds, 2),
-                  "top1": run.metrics["top1"], "balanced_accuracy": run.metrics["balanced_accuracy"],
-                  "n": run.metrics["n"], "strategy": run.metrics.get("strategy"),
-                  "selection": {k: sel.get(k) for k in ("split", "n", "top1", "balanced_accuracy")} if sel else None,
-                  "model_sha256": sha256_file(staged / "run" / "model.pt")}
-        path = cache.commit("finetune", key, staged, record)
-    except BaseException:
-        cache.discard(staged)
-        raise
-    r = StageResult("finetune", key, cand.name, False, seconds, record, path)
-    _log_done(r, f"top1 {record['top1']:.4f}")
-    return r
+        return {"candidate": cand.name, "options": stage_options(cand.finetune),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "top1": run.metrics["top1"], "balanced_accuracy": run.metrics["balanced_accuracy"],
+                "n": run.metrics["n"], "strategy": run.metrics.get("strategy"),
+                "selection": {k: sel.get(k) for k in ("split", "n", "top1", "balanced_accuracy")} if sel else None,
+                "model_sha256": sha256_file(staged / "run" / "model.pt")}
+
+    return _cached_stage(cache, "finetune", key, cand.name, t0, compute, lambda rec: f"top1 {rec['top1']:.4f}")
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -334,24 +337,14 @@ def verify_stage(cache: StageCache, ft: StageResult, ex: StageResult, spec: Targ
     bundle_dir = ex.path / "bundle"
     digest = Bundle.open(bundle_dir, verify=False).digest
     key = verify_key(ft, digest, spec)
-    record = cache.load("verify", key)
-    label = ex.label
-    if record is not None:
-        r = StageResult("verify", key, label, True, time.perf_counter() - t0, record, cache.entry("verify", key))
-        _log_done(r, "")
-        return r
-    staged = cache.stage_dir("verify", key)
-    try:
+
+    def compute(staged: Path) -> dict:
         record = {**verify_bundle(bundle_dir, ft.path / "run", spec), "bundle_sha256": digest}
-        record["seconds"] = round(time.perf_counter() - t0, 2)
-        path = cache.commit("verify", key, staged, record)
-    except BaseException:
-        cache.discard(staged)
-        raise
-    r = StageResult("verify", key, label, False, time.perf_counter() - t0, record, path)
-    _log_done(r, f"val top1 {record['val']['top1']:.4f} ({'reproduces' if record['reproduced'] else 'DIFFERS from'} "
-                 f"the manifest's {record['manifest_top1']:.4f})")
-    return r
+        return {**record, "seconds": round(time.perf_counter() - t0, 2)}
+
+    return _cached_stage(cache, "verify", key, ex.label, t0, compute, lambda rec: (
+        f"val top1 {rec['val']['top1']:.4f} ({'reproduces' if rec['reproduced'] else 'DIFFERS from'} "
+        f"the manifest's {rec['manifest_top1']:.4f})"))
 
 
 # -- benchmark --------------------------------------------------------------------------------
@@ -370,21 +363,11 @@ def benchmark_stage(cache: StageCache, ex: StageResult, spec: TargetSpec, runs: 
     key = key_of({"stage": "benchmark", "edgetl": edgetl.__version__, "bundle": bundle_sha256, "backend": backend,
                   "backend_version": backend_version(backend), "threads": threads, "runs": runs, "warmup": warmup,
                   "machine": machine()})
-    record = cache.load("benchmark", key)
-    if record is not None:
-        r = StageResult("benchmark", key, ex.label, True, time.perf_counter() - t0, record,
-                        cache.entry("benchmark", key))
-        _log_done(r, "")
-        return r
-    staged = cache.stage_dir("benchmark", key)
-    try:
+
+    def compute(staged: Path) -> dict:
         result = benchmark_backbone(open_for_benchmark(bundle, threads, backend), runs, warmup)
-        record = {**result, "machine": machine(), "target_threads": m.threads, "source": "host",
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        path = cache.commit("benchmark", key, staged, record)
-    except BaseException:
-        cache.discard(staged)
-        raise
-    r = StageResult("benchmark", key, ex.label, False, time.perf_counter() - t0, record, path)
-    _log_done(r, f"host median {record['median']:.2f} ms, p90 {record['p90']:.2f} ms ({backend}, {threads} threads)")
-    return r
+        return {**result, "machine": machine(), "target_threads": m.threads, "source": "host",
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    return _cached_stage(cache, "benchmark", key, ex.label, t0, compute, lambda rec: (
+        f"host median {rec['median']:.2f} ms, p90 {rec['p90']:.2f} ms ({backend}, {threads} threads)"))
