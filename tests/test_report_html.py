@@ -211,3 +211,36 @@ def test_missing_optional_keys_are_tolerated(tmp_path):
                    "stages": [{"stage": "finetune", "label": "lite0", "key": "ab" * 32, "reused": True}]})
     parse(text)
     assert "edgetl build: proj/edgetl.yaml" in text and "<td>lite0</td>" in text and "ab" * 6 in text
+
+
+def test_recovery_and_ranking_are_reported(tmp_path):
+    """The export's recovery ladder (winner, what it changed, its cost) and a keep_top ranking
+    reach both reports, from a record shaped as edgetl/recovery.py writes it."""
+    from edgetl.report.markdown import render as render_markdown
+    from edgetl.report.summary import recovery_summary
+
+    record = {"mode": "auto", "trigger": {"top1": 0.84, "drop_pts": 4.0, "size_bytes": 4_060_000}, "winner": "c",
+              "latency_cost": {"before_ms": 6.17, "after_ms": 8.03, "ratio": 1.30},
+              "steps": [{"step": "a", "name": "head refit", "what": "head refit", "top1": 0.84, "drop_pts": 4.0,
+                         "passed": False, "size_bytes": 4_060_000},
+                        {"step": "d", "name": "int16", "skipped": "over the latency budget"},
+                        {"step": "c", "name": "float blocks", "what": "4 blocks float: blocks.1.0, stem",
+                         "top1": 0.88, "drop_pts": 0.0, "passed": True, "size_bytes": 4_100_000,
+                         "float_blocks": ["blocks.1.0", "stem"]}]}
+    rec = recovery_summary(record)
+    assert rec["winner"] == "c" and rec["tried"] == ["a", "c"] and rec["float_blocks"] == ["blocks.1.0", "stem"]
+    summary = sample_summary()
+    summary["targets"]["rpi5"]["recovery"] = rec
+    summary["keep_top"] = 1
+    summary["ranking"] = [
+        {"candidate": "tf_efficientnet_lite0@224", "rank": 1, "logme": 1.2345, "knn_top1": 0.9, "kept": True,
+         "why": "LogME rank 1 of 2: within keep_top 1"},
+        {"candidate": "tf_efficientnet_lite2@260", "rank": 2, "logme": 0.5, "knn_top1": 0.8, "kept": False,
+         "why": "LogME rank 2 of 2: below keep_top 1, not fine-tuned"}]
+    text = " ".join(parse(render(summary)).text)
+    assert "step c (4 blocks float: blocks.1.0, stem) recovered a 4.00-point drop to 0.00, latency x1.30" in text
+    assert "Transferability ranking (keep_top 1)" in text and "not fine-tuned" in text
+    md = render_markdown(summary)
+    assert "Export recovery: step c (4 blocks float: blocks.1.0, stem) recovered a 4.00-point drop" in md
+    assert "| 2 | tf_efficientnet_lite2@260 | 0.5000 |" in md
+    assert recovery_summary({**record, "winner": None})["winner"] is None

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from edgetl.report.plots import confusion_png, pareto_png
+from edgetl.report.summary import recovery_text
 
 CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1a202c;
@@ -194,6 +195,9 @@ def facts_table(target: dict, versions: dict) -> str:
     rows = [("bundle", esc(target.get("bundle") or NONE)),
             ("bundle sha256", f"<code>{esc(target.get('bundle_sha256') or NONE)}</code>"),
             ("calibration", esc(calib_text)),
+            ("INT8 recovery", esc(recovery_text(target.get("recovery"))
+                                  or ("not needed: the export passed its gate" if target.get("precision") == "int8"
+                                      else NONE))),
             ("latency budget", esc(f"{target['latency_budget_ms']:g} ms" if _finite(target.get("latency_budget_ms"))
                                    else NONE)),
             ("versions", esc(", ".join(f"{k} {v}" for k, v in (versions or {}).items()) or NONE))]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgetl.core.fsutil import atomic_write_bytes
+from edgetl.report.summary import recovery_text
 
 
 def _cell(value) -> str:
@@ -75,6 +76,8 @@ def render(summary: dict) -> str:
             lines.append("| " + " | ".join(_cell(v) for v in (
                 s["candidate"], _pct(s.get("selection_top1")), _pct(s.get("top1")), lat,
                 "**yes**" if s["kept"] else "no", s["why"])) + " |")
+        if t.get("recovery"):
+            lines += ["", f"Export recovery: {_cell(recovery_text(t['recovery']))}."]
         failed = [g for g in t["gates"] if not g["passed"]]
         if failed:
             lines += ["", "Failed gates:", ""] + [f"- `{g['name']}`: {_cell(g['message'])}" for g in failed]

@@ -37,6 +37,35 @@ def _bundle_bytes(folder: Path | None) -> int | None:
     return sum((folder / name).stat().st_size for name in m.files) + (folder / "manifest.json").stat().st_size
 
 
+def recovery_summary(record: dict | None) -> dict | None:
+    """What the report says of export's recovery ladder (edgetl/recovery.py; the manifest keeps
+    the whole record): the step that won, what it changed and cost, or that none passed."""
+    if not record:
+        return None
+    tried = [s["step"] for s in record.get("steps", []) if "skipped" not in s]
+    winner = record.get("winner")
+    row = next((s for s in record.get("steps", []) if s["step"] == winner and s.get("passed")), None)
+    out = {"winner": winner, "tried": tried, "trigger_drop_pts": (record.get("trigger") or {}).get("drop_pts")}
+    if row is not None:
+        out.update(name=row.get("name"), what=row.get("what"), drop_pts=row.get("drop_pts"),
+                   float_blocks=row.get("float_blocks"), size_bytes=row.get("size_bytes"))
+    cost = record.get("latency_cost")
+    if cost:
+        out["latency_ratio"] = cost.get("ratio")
+    return out
+
+
+def recovery_text(rec: dict | None) -> str | None:
+    """One sentence for the reports from `recovery_summary`'s dict, or None without a ladder."""
+    if not rec:
+        return None
+    if not rec.get("winner"):
+        return f"no recovery step passed the gate (tried {', '.join(rec['tried']) or 'none'})"
+    cost = f", latency x{rec['latency_ratio']:.2f}" if rec.get("latency_ratio") else ", same latency"
+    return (f"step {rec['winner']} ({rec.get('what') or rec.get('name')}) recovered a "
+            f"{rec['trigger_drop_pts']:.2f}-point drop to {rec['drop_pts']:.2f}{cost}")
+
+
 def target_entry(spec, chosen, gates: list[dict], selection: list[dict], pareto: dict, *, manifest, verify, host,
                  device, candidate, bundle_dir: Path | None) -> dict:
     """One target's block of summary.json (see the module docstring).
@@ -92,6 +121,7 @@ def target_entry(spec, chosen, gates: list[dict], selection: list[dict], pareto:
         "latency_ms": latency,
         "latency_source": "device" if device is not None else "host",
         "calibration": manifest.calibration,
+        "recovery": recovery_summary(manifest.extra.get("recovery")),
         "bundle_sha256": v.get("bundle_sha256"),
         "verify": {"backend": v.get("backend"), "threads": v.get("threads"), "top1": (v.get("val") or {}).get("top1"),
                    "manifest_top1": v.get("manifest_top1"), "reproduced": v.get("reproduced")},
