@@ -15,18 +15,17 @@ $(STAMP): pyproject.toml
 DEMO_DATA := tests/data/sign-digits-demo
 DEMO_IMAGES := $(foreach c,0 3 7,$(firstword $(wildcard $(DEMO_DATA)/$(c)/*.JPG)))
 
-# The main job end to end: fine-tune -> INT8 TFLite bundle for rpi5 -> predict without torch.
-# moving-average calibration: its 100x100 upscaled photos lose 2 images with it, 5 with
-# the target's default minmax (docs/benchmarks.md, calibration recipes). Two images are
-# 4 points on its 50 validation images, over the rpi5 gate (1 point): the export's recovery
-# ladder keeps the 4 most sensitive blocks in float and passes at 0 points, 1.3x the INT8
-# latency (docs/benchmarks.md, "INT8 accuracy recovery (issue 16)").
+# The main job end to end, as one project file (examples/demo.edgetl.yaml): fine-tune Lite0 on
+# the demo set -> INT8 bundles for rpi5 (LiteRT TFLite) and jetson-orin-nano (QDQ ONNX), each
+# gated at its target's 1-point tolerance -> predict with the rpi5 bundle through the device
+# CLI (no torch). Plain INT8 fails both gates; the export's recovery ladder passes both at
+# 0 points (rpi5: 8 blocks float, 4.06 -> 6.59 MB, host latency x1.27-1.32; Orin: blocks.0.0
+# float, +390 bytes, host onnxruntime latency x0.98-1.14). Cold: 3.6 min on a 2-vCPU host at
+# load 2.5, 7.0 min at load 6 (docs/benchmarks.md, "INT8 accuracy recovery (issue 16)").
 demo: $(STAMP)
-	$(BIN)/edgetl finetune $(DEMO_DATA) --strategy linear --out $(DEMO_OUT)/run
-	$(BIN)/edgetl export $(DEMO_OUT)/run --target rpi5 --precision int8 --calib-recipe moving-average \
-		--out $(DEMO_OUT)/rpi5
+	$(BIN)/edgetl build examples/demo.edgetl.yaml --out $(DEMO_OUT)
 	$(BIN)/edgetl-device predict $(DEMO_OUT)/rpi5 $(DEMO_IMAGES)
-	@echo "demo results: $(DEMO_OUT)/run (metrics.json, training_curve.png), $(DEMO_OUT)/rpi5 (bundle, manifest.json)"
+	@echo "demo report: $(DEMO_OUT)/report.html ($(DEMO_OUT)/report.md); bundles: $(DEMO_OUT)/rpi5, $(DEMO_OUT)/jetson-orin-nano (manifest.json: recovery)"
 
 # The full suite: what CI runs (.ci/run). Tests that need ../shared/data skip, named, without it.
 test: $(STAMP)

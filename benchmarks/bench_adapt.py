@@ -11,6 +11,9 @@ of the shift's noise):
      plain), and `--adapt auto`: top-1 on the shifted validation images (target) and on the
      clean ones (clean val). align/coral/AdaBN use the same statistics `edgetl adapt` does
      (source: the run's training images; target: the unlabeled shifted ones).
+  3b. `--adapt dann` (edgetl adapt with its defaults, partial from the linear run) on the
+     `--dann` dataset/seed pairs: target and clean-val top-1, the stop rule, the epochs, the
+     source check, the wall time.
   4. Seed 0 only: an FP32 rpi5 bundle of the run, `edgetl-device adapt` with the target
      images (source statistics: the bundle's reference set), `edgetl-device evaluate` on the
      shifted validation images; and drift: 100 random subsets of N clean training-side
@@ -145,6 +148,22 @@ def auto(ctx: dict, work: Path) -> dict:
                             "im_score": c["target_scores"]["im_score"]} for c in a["auto"]["candidates"]]}
 
 
+def dann(ctx: dict, work: Path, epochs: int | None) -> dict:
+    """`edgetl adapt RUN --adapt dann` with its defaults (`epochs` caps the maximum)."""
+    import edgetl.adapt
+    from edgetl.evaluate import evaluate_run_on_folder
+
+    out_dir = work / "adapted" / f"{ctx['run'].name}-dann"
+    t0 = time.perf_counter()
+    run = edgetl.adapt.adapt_run(ctx["run"], ctx["target_dir"], "dann", out_dir, dann={"epochs": epochs})
+    seconds = time.perf_counter() - t0
+    a = run.metrics["adaptation"]
+    return {"target": evaluate_run_on_folder(out_dir, ctx["val_dir"])["top1"], "clean": run.metrics["top1"],
+            "stopped": a["training"]["stopped"], "config": a["training"]["config"],
+            "epochs_run": len(a["training"]["history"]), "source_check": a["source_check"],
+            "history": a["training"]["history"], "seconds": round(seconds, 1)}
+
+
 def device_figures(ctx: dict, work: Path, subset: int) -> dict:
     """Device adapt vs host align, and the drift test's alarm rates (seed 0)."""
     import edgetl
@@ -205,10 +224,14 @@ def device_figures(ctx: dict, work: Path, subset: int) -> dict:
 @click.option("--target-max", type=int, default=400, help="At most this many (seeded) target images.")
 @click.option("--heavy", default="hymenoptera/0,hymenoptera/1,hymenoptera/2,digits/0",
               help="dataset/seed pairs that also run AdaBN, auto and the device figures (seed 0).")
+@click.option("--dann", "dann_pairs", default="hymenoptera/0,hymenoptera/1,hymenoptera/2",
+              help="dataset/seed pairs that also run `--adapt dann` (an epoch runs the backbone on every "
+                   "training and as many target images: the digits' 1400 are too slow for the shared machine).")
+@click.option("--dann-epochs", type=int, default=None, help="Cap dann's maximum epochs (default: its own).")
 @click.option("--ablation", is_flag=True, help="Only the shift ablation: source-only and align on hymenoptera "
                                                  "seed 0 under each camera_shift preset.")
-def main(work: Path, datasets: str, seeds: str, drift_subset: int, target_max: int, heavy: str,
-         ablation: bool) -> None:
+def main(work: Path, datasets: str, seeds: str, drift_subset: int, target_max: int, heavy: str, dann_pairs: str,
+         dann_epochs: int | None, ablation: bool) -> None:
     import torch
 
     from camera_shift import PRESETS
@@ -235,8 +258,10 @@ def main(work: Path, datasets: str, seeds: str, drift_subset: int, target_max: i
             entry["n_target"] = len(ctx["train_side"])
             is_heavy = key in heavy.split(",")
             for step, fn in (("host", lambda: host_methods(ctx, is_heavy)), ("auto", lambda: auto(ctx, work)),
-                             ("device", lambda: device_figures(ctx, work, drift_subset))):
-                if step in entry or (step != "host" and not is_heavy) or (step == "device" and seed != 0):
+                             ("device", lambda: device_figures(ctx, work, drift_subset)),
+                             ("dann", lambda: dann(ctx, work, dann_epochs))):
+                if step in entry or (step == "dann" and key not in dann_pairs.split(",")) \
+                        or (step in ("auto", "device") and not is_heavy) or (step == "device" and seed != 0):
                     continue
                 t0 = time.perf_counter()
                 entry[step] = fn()
@@ -246,13 +271,14 @@ def main(work: Path, datasets: str, seeds: str, drift_subset: int, target_max: i
 
 
 def table(results: dict) -> None:
-    rows = ["source-only", "align", "align 0.5", "coral", "adabn", "adabn plain", "auto"]
+    rows = ["source-only", "align", "align 0.5", "coral", "adabn", "adabn plain", "auto", "dann"]
+    own = ("auto", "dann")  # steps of their own, not host_methods' rows
     for dataset in sorted({k.split("/")[0] for k in results}):
         entries = [v for k, v in sorted(results.items()) if k.startswith(dataset + "/") and "host" in v]
         print(f"\n{dataset}: target top1 mean [min, max] | clean val top1 mean [min, max] (seeds)")
         for row in rows:
-            vals = [e["auto"] if row == "auto" else e["host"][row] for e in entries
-                    if (row == "auto" and "auto" in e) or (row != "auto" and row in e["host"])]
+            vals = [e[row] if row in own else e["host"][row] for e in entries
+                    if (row in own and row in e) or (row not in own and row in e["host"])]
             if not vals:
                 continue
             t = np.array([v["target"] for v in vals]) * 100

@@ -41,12 +41,24 @@ def _config(cls, options: dict, what: str):
     return cls(**options)
 
 
-def finetune(data: str | Path, out: str | Path, *, progress: ProgressCallback | None = None, **options) -> Run:
-    """Fine-tune a pretrained backbone on a folder of images.
+def finetune(data: str | Path, out: str | Path, *, target_images: str | Path | None = None, adapt: str | None = None,
+             tasks: dict[str, str | Path] | None = None, task_weights: dict[str, float] | None = None,
+             progress: ProgressCallback | None = None, **options) -> Run:
+    """Fine-tune a pretrained backbone on a folder of images (and adapt it to field images).
 
     Args:
         data: `DATA/train/<class>/*` + `DATA/val/<class>/*`, or `DATA/<class>/*` (split here).
         out: the run folder to write (model.pt, labels.txt, metrics.json, training_curve.png).
+        target_images: a folder of unlabeled field images: the fine-tuned run is then adapted
+            to them (`edgetl.adapt.adapt_run`) and `out` holds the adapted run, with the
+            fine-tune's own validation figures under metrics.json `unadapted`.
+        adapt: the adaptation method with target_images: align, coral, adabn, dann or auto
+            (default auto).
+        tasks: extra tasks on the same backbone, name -> CSV of `file,label` rows (file relative
+            to `data`); the class folders stay the primary task ("default"). One head per
+            task is fitted on the run's backbone (edgetl/multitask.py) and metrics.json
+            reports each task (`tasks`).
+        task_weights: task name (or "default") -> loss weight, above 0 (default 1).
         progress: called as progress(description, done, total) during long stages.
         **options: any field of `edgetl.transfer.FinetuneConfig` (backbone, strategy, epochs, seed, ...).
 
@@ -54,14 +66,39 @@ def finetune(data: str | Path, out: str | Path, *, progress: ProgressCallback | 
         Run with `.path`, `.metrics` (top1, balanced_accuracy, per_class, ...) and `.labels`.
 
     Raises:
-        EdgetlError: an unknown option or value, unreadable data, missing weights.
+        EdgetlError: an unknown option or value, unreadable data, missing weights; `adapt`
+            without `target_images`; a task CSV lacking a label for an image of the data.
     """
     from edgetl.transfer import FinetuneConfig
     from edgetl.transfer.run import finetune as run_finetune
 
     cfg = _config(FinetuneConfig, options, "finetune")
+    if adapt is not None and target_images is None:
+        raise EdgetlError(f"adapt '{adapt}' needs target_images (--target-images DIR): the folder of unlabeled field "
+                          "images to adapt to. Pass it, or drop adapt (--adapt)")
+    specs = []
+    if tasks or task_weights:
+        from edgetl import multitask
+
+        if target_images is not None:
+            raise EdgetlError("tasks (--task) and target_images (--target-images) together are not supported yet: the "
+                              "adaptation changes only the primary head. Fine-tune with the tasks, then run "
+                              "`edgetl adapt` on the default task, or drop one of them")
+        specs = multitask.load_tasks(tasks or {}, task_weights)
+        files = multitask.image_files(data)
+        for spec in specs:  # before the slow part: every image the run may use needs a label
+            multitask.require_labels(spec, files, f"images under '{data}'")
     with reporting(progress):
+        if target_images is not None:
+            from edgetl.adapt import finetune_adapted
+
+            return finetune_adapted(data, out, cfg, target_images, adapt or "auto")
         metrics = run_finetune(data, out, cfg)
+        from edgetl.transfer.distributed import launched_rank
+
+        if specs and launched_rank() == 0:  # under torchrun: once, by the rank that wrote the run
+            multitask.fit_task_heads(out, specs, cfg, (task_weights or {}).get("default", 1.0))
+            metrics = json.loads((Path(out) / "metrics.json").read_text(encoding="utf-8"))
     return Run(Path(out), metrics, list(metrics["data"]["labels"]))
 
 

@@ -3,10 +3,11 @@
 The stages, top to bottom (each a function below):
     plan      resolve target, format, precision (refused with the hardware's reason) and recipe
     convert   the FP32 backbone in the target's format
-    quantize  the asked precision from it (calibrated on training-side images)
+    quantize  the asked precision from it (calibrated on training-side images; an adapted run: its field images)
     validate  the artifact is what the precision promises (format's own checks)
     score     FP32 and quantized top-1 on the run's validation split, with the device runtime
-    gate      the target's accuracy tolerance: a verdict in the result, not an exception
+              (a multi-task run's extra heads on the same embeddings)
+    gate      the target's accuracy tolerance, for every task: a verdict in the result, not an exception
     write     BundleWriter: staged files + typed Manifest, swapped into place
 """
 
@@ -48,7 +49,8 @@ class ExportConfig:
     fields) and `edgetl.export(...)` takes."""
 
     precision: str | None = opt(None, "Default: the target's.", choices=("int8", "fp16", "fp32"))
-    calib: str | None = opt(None, "Calibration images (default: the run's training split).")
+    calib: str | None = opt(None, "Calibration images (default: an adapted run's field images, else the run's "
+                                  "training split).")
     calib_recipe: str | None = opt(None, "Calibration recipe name or YAML path (default: the target's).")
     val: str | None = opt(None, "Validation class folders (default: the run's validation split).")
     fused: bool = opt(False, "Also write a single-file model (image -> logits).")
@@ -163,14 +165,33 @@ def plan(run_dir: Path, target_name: str, cfg: ExportConfig) -> _Plan:
 
 
 # -- convert, quantize, validate ---------------------------------------------------------------
+def _recorded_calibration(run_dir: Path) -> Path | None:
+    """The folder an adapted run names for calibration (metrics.json `calibration_images`, its
+    field images: the activations the INT8 ranges must cover there), or None."""
+    try:
+        folder = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("calibration_images")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not folder:
+        return None
+    if not Path(folder).is_dir():
+        raise EdgetlError(f"'{run_dir / 'metrics.json'}' names calibration_images '{folder}' (the field images it was "
+                          "adapted to), which is no longer a folder; pass calib (--calib DIR) with images from that "
+                          "camera")
+    return Path(folder)
+
+
 def _calibration(p: _Plan, calib: Path | None, preprocess, recipe: CalibrationRecipe | None = None) -> list[np.ndarray]:
-    if calib is not None:
-        pool, _ = scan_images(calib)
+    recorded = _recorded_calibration(p.run_dir) if calib is None else None
+    if calib is not None or recorded is not None:
+        folder = calib or recorded
+        pool, _ = scan_images(folder)
         if not pool:
-            raise EdgetlError(f"calibration folder '{calib}' holds no readable images")
+            raise EdgetlError(f"calibration folder '{folder}' holds no readable images")
         # Stratify by the first folder under it when there are class folders.
-        groups = [q.relative_to(calib).parts[0] if len(q.relative_to(calib).parts) > 1 else "" for q in pool]
-        source = "calibration folder given at export"
+        groups = [q.relative_to(folder).parts[0] if len(q.relative_to(folder).parts) > 1 else "" for q in pool]
+        source = "calibration folder given at export" if calib is not None else \
+            "adapted run's field images (metrics.json calibration_images)"
     elif p.train_paths:
         pool, groups, source = p.train_paths, p.train_y, "run training split"
     else:
@@ -221,7 +242,8 @@ def staged_predictor(p: _Plan, stage: Path, manifest: Manifest, head: Head, mode
                      backend: str) -> Predictor:
     """A staged model file (relative to `stage`) with `head`, on the device runtime."""
     model = {**manifest.model, "file": model_file, **io}
-    staged = Bundle(stage, manifest.replace(model=model, files={model_file: "0" * 64}))
+    # Not yet a bundle on disk: the manifest lists just this file, with its real digest.
+    staged = Bundle(stage, manifest.replace(model=model, files={model_file: sha256_file(stage / model_file)}))
     threads = min(p.target.threads, os.cpu_count() or 1)
     backbone = Backbone(staged.preprocess, open_backend(backend, stage / model_file, model, threads),
                         manifest.embedding_dim, model["input"]["shape"])
@@ -235,8 +257,107 @@ def gate(metrics: dict, precision: str, target: Target) -> dict:
             "passed": drop <= target.accuracy_tolerance_pts}
 
 
+def _task_heads(run) -> dict[str, Head]:
+    """The run's extra tasks (edgetl/multitask.py) as float32 heads, in the run's order."""
+    return {name: Head(t.weight.detach().cpu().numpy().astype(np.float32),
+                       t.bias.detach().cpu().numpy().astype(np.float32), tuple(t.labels))
+            for name, t in run.tasks.items()}
+
+
+def _score_tasks(p: _Plan, heads: dict[str, Head], fp32_embeddings: np.ndarray,
+                 embeddings: np.ndarray) -> tuple[dict, dict[str, list[int]]]:
+    """Each extra task's FP32 and quantized metrics from the validation embeddings the export
+    already computed (a head is one matmul: no image is embedded again), and each scored
+    task's class index per validation image."""
+    from edgetl.core.metrics import classification_metrics
+    from edgetl.multitask import task_labels
+
+    truth = task_labels(p.run_dir) if p.val_info.get("source") == "run validation split" else {}
+    out, ys = {}, {}
+    for name, head in heads.items():
+        if name not in truth or any(Path(path) not in truth[name] for path in p.val_paths):
+            out[name] = {"not_scored": "the task's labels are known for the run's validation split only (metrics.json "
+                                       "tasks.<name>.val_labels); export without val to score and gate it"}
+            continue
+        index = {label: i for i, label in enumerate(head.labels)}
+        y = ys[name] = [index[truth[name][Path(path)]] for path in p.val_paths]
+        out[name] = {"fp32": classification_metrics(y, head.predict(fp32_embeddings), list(head.labels))}
+        if p.precision != "fp32":
+            out[name][p.precision] = classification_metrics(y, head.predict(embeddings), list(head.labels))
+    return out, ys
+
+
+def _refit_tasks(p: _Plan, w: BundleWriter, manifest: Manifest, exported, heads: dict[str, Head], metrics: dict,
+                 truth: dict[str, list[int]], embeddings: np.ndarray, host_backend: str) -> None:
+    """Recovery step a (edgetl/recovery.py) for each extra task that fails the gate: its head
+    re-fitted on the shipped quantized backbone's embeddings of the training images, anchored
+    to its FP32 head; the L2 strength and the stopping step are chosen on the selection slice.
+    As the ladder does, the refit replaces the head (in `heads`, `metrics` and its staged file)
+    only when it passes the gate; `metrics["tasks"][task]["refit"]` records it either way."""
+    from dataclasses import replace
+
+    from edgetl.core.metrics import classification_metrics
+    from edgetl.multitask import task_labels
+    from edgetl.ondevice.fit import fit_softmax
+    from edgetl.recovery import REFIT, REFIT_L2, training_side
+
+    fit_paths, _, sel_paths, _, source = training_side(p)
+    known = task_labels(p.run_dir, "train")
+    for name, by_file in task_labels(p.run_dir, "selection").items():
+        known[name] = {**known.get(name, {}), **by_file}
+    rel = Path(exported.path).relative_to(w.stage).as_posix()
+    predictor = staged_predictor(p, w.stage, manifest, next(iter(heads.values())), rel, exported.io, host_backend)
+    fit_emb = sel_emb = None
+    for name in metrics["gate"]["failed_tasks"]:
+        head, by_file = heads[name], known.get(name, {})
+        if not sel_paths or any(Path(q) not in by_file for q in [*fit_paths, *sel_paths]):
+            metrics["tasks"][name]["refit"] = {"skipped": "the run records no training-side labels for this task"}
+            continue
+        if fit_emb is None:  # once for every failing task: the same images, the same backbone
+            fit_emb = embed_paths(predictor, fit_paths, description="recovery: embedding training images")[0]
+            sel_emb = embed_paths(predictor, sel_paths, description="recovery: embedding the slice")[0]
+        index = {label: i for i, label in enumerate(head.labels)}
+        fit_y = np.asarray([index[by_file[Path(q)]] for q in fit_paths])
+        sel_y = np.asarray([index[by_file[Path(q)]] for q in sel_paths])
+        l2, r = min(((l2, fit_softmax(fit_emb, fit_y, sel_emb, sel_y, head.weight, head.bias, replace(REFIT, l2=l2)))
+                     for l2 in REFIT_L2), key=lambda c: c[1].val_loss)
+        new = Head(r.weight.astype(np.float32), r.bias.astype(np.float32), head.labels)
+        scored = classification_metrics(truth[name], new.predict(embeddings), list(head.labels))
+        drop = (metrics["tasks"][name]["fp32"]["top1"] - scored["top1"]) * 100.0
+        passed = drop <= p.target.accuracy_tolerance_pts
+        metrics["tasks"][name]["refit"] = {"l2": l2, "best_step": r.best_step, "slice_loss": round(r.val_loss, 5),
+                                           "slice": source, "fit_images": len(fit_y), "top1": scored["top1"],
+                                           "drop_pts": round(drop, 4), "kept": passed}
+        log.info("recovery a (head refit) of task '%s': top1 %.4f, drop %.2f pts -> %s", name, scored["top1"], drop,
+                 "pass" if passed else "fail")
+        if passed:
+            heads[name] = new
+            metrics["tasks"][name][p.precision] = scored
+            np.savez(w.path(f"head.{name}.npz"), weight=new.weight, bias=new.bias)
+
+
+def _gate_tasks(default_gate: dict, tasks: dict, precision: str, target: Target) -> dict:
+    """The gate over every task: the default task's verdict plus each scored extra task's."""
+    per_task = {}
+    for name, m in tasks.items():
+        if precision in m:
+            drop = (m["fp32"]["top1"] - m[precision]["top1"]) * 100.0
+            per_task[name] = {"drop_pts": drop, "passed": drop <= target.accuracy_tolerance_pts}
+    failed = [name for name, g in per_task.items() if not g["passed"]]
+    return {**default_gate, "tasks": per_task, "failed_tasks": failed, "passed": default_gate["passed"] and not failed}
+
+
 def _gate_message(manifest: Manifest, out: Path, target: Target) -> str:
     m, g, precision = manifest.metrics, manifest.metrics["gate"], manifest.precision
+    failed = [t for t, tg in g.get("tasks", {}).items() if not tg["passed"]]
+    if failed and g["drop_pts"] <= g["tolerance_pts"]:  # the default task passed; another did not
+        t = m["tasks"][failed[0]]
+        return (f"task '{failed[0]}': {precision.upper()} top1 {t[precision]['top1']:.2%} is "
+                f"{g['tasks'][failed[0]]['drop_pts']:.2f} points below FP32 {t['fp32']['top1']:.2%} on "
+                f"{t['fp32']['n']} validation images, above target '{target.name}' tolerance of "
+                f"{target.accuracy_tolerance_pts:g} points ({target.path}: accuracy_tolerance_pts)"
+                + (f"; tasks {', '.join(failed[1:])} fail too" if len(failed) > 1 else "")
+                + f"; the bundle and its metrics are in '{out}'")
     return (f"{precision.upper()} top1 {m[precision]['top1']:.2%} is {g['drop_pts']:.2f} points below FP32 "
             f"{m['fp32']['top1']:.2%} on {m['val']['n']} validation images, above target '{target.name}' "
             f"tolerance of {target.accuracy_tolerance_pts:g} points ({target.path}: accuracy_tolerance_pts); "
@@ -261,6 +382,10 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
     with BundleWriter(out) as w:
         np.savez(w.path("head.npz"), weight=head.weight, bias=head.bias)
         w.add_file("head.npz", w.path("head.npz"))
+        task_heads = _task_heads(run)
+        for name, task_head in task_heads.items():
+            np.savez(w.path(f"head.{name}.npz"), weight=task_head.weight, bias=task_head.bias)
+            w.add_file(f"head.{name}.npz", w.path(f"head.{name}.npz"))
         w.add_bytes("labels.txt", ("\n".join(labels) + "\n").encode("utf-8"))  # a convenience; the manifest rules
         art = convert_and_quantize(p, w, cfg, preprocess)
         exported, facts = art["exported"], art["facts"]
@@ -276,6 +401,7 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
         metrics: dict = {"val": p.val_info}
         metrics["fp32"], embeddings = score(p, w.stage, manifest, head, art["fp32"].path.name, art["fp32"].io,
                                             "evaluating FP32", host_backend)
+        fp32_embeddings = embeddings
         if p.precision != "fp32":
             metrics[p.precision], embeddings = score(p, w.stage, manifest, head, art["backbone_file"], exported.io,
                                                      f"evaluating {p.precision.upper()}", host_backend)
@@ -293,6 +419,15 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
                         model={**manifest.model, **exported.io},
                         export={k: v for k, v in exported.info.items() if k != "calibration"} | {"validation": facts})
                 manifest = manifest.replace(extra={**manifest.extra, "recovery": recovery.record})
+        task_truth = {}  # task -> class index per validation image, for the tasks that could be scored
+        if task_heads:
+            metrics["tasks"], task_truth = _score_tasks(p, task_heads, fp32_embeddings, embeddings)
+            if "gate" in metrics:
+                default_gate = metrics["gate"]
+                metrics["gate"] = _gate_tasks(default_gate, metrics["tasks"], p.precision, p.target)
+                if metrics["gate"]["failed_tasks"] and cfg.recover == "auto":
+                    _refit_tasks(p, w, manifest, exported, task_heads, metrics, task_truth, embeddings, host_backend)
+                    metrics["gate"] = _gate_tasks(default_gate, metrics["tasks"], p.precision, p.target)
         metrics["size_bytes"] = {"fp32": art["fp32_size"], p.precision: facts["size_bytes"]}
         run_metrics = run_dir / "metrics.json"
         if cfg.val is None:
@@ -300,8 +435,11 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
             metrics["torch"] = {k: torch_m.get(k) for k in ("top1", "balanced_accuracy", "n")}
 
         ref_idx = select_stratified(list(range(len(p.val_y))), p.val_y, REFERENCE_MAX, seed=0)
+        # Each scored extra task's labels of the same images (`labels.<task>`), so a device
+        # guardrail checks a task's new head against that task's truth, never the default's.
+        task_refs = {f"labels.{name}": np.asarray(y, np.int64)[ref_idx] for name, y in task_truth.items()}
         np.savez(w.path("reference.npz"), embeddings=embeddings[ref_idx].astype(np.float32),
-                 labels=np.asarray(p.val_y, np.int64)[ref_idx])
+                 labels=np.asarray(p.val_y, np.int64)[ref_idx], **task_refs)
         w.add_file("reference.npz", w.path("reference.npz"))
         w.add_file(art["backbone_file"], exported.path)
         for name, path in exported.extra_files.items():
@@ -313,6 +451,9 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, cfg: ExportCon
         if cfg.fused:
             extra["fused"] = _fused(p, w, art["request"], run, preprocess, host_backend, head)
         export_info = {**manifest.export, "seconds": round(time.perf_counter() - started, 1)}
+        if task_heads:
+            extra["tasks"] = {name: {"head": f"head.{name}.npz", "labels": list(h.labels)}
+                              for name, h in task_heads.items()}
         manifest = w.commit(manifest.replace(metrics=metrics, export=export_info, **extra))
 
     passed = bool(metrics.get("gate", {}).get("passed", True))

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,15 @@ class Classifier(nn.Module):
         return self.head(self.dropout(self.backbone(x)))
 
 
+@dataclass(frozen=True)
+class TaskHead:
+    """An extra task's linear head on the run's embedding (edgetl/multitask.py fits it)."""
+
+    labels: list[str]
+    weight: torch.Tensor  # [classes, embedding_dim]
+    bias: torch.Tensor  # [classes]
+
+
 @dataclass
 class Run:
     model: Classifier
@@ -41,6 +50,7 @@ class Run:
     preprocess: Preprocess
     weights_origin: str
     strategy: str
+    tasks: dict[str, TaskHead] = field(default_factory=dict)  # extra tasks; the class folders' task is `model.head`
 
     @property
     def backbone(self) -> nn.Module:
@@ -68,6 +78,26 @@ def save_run(path: Path, *, spec: BackboneSpec, labels: list[str], preprocess: P
     tmp.replace(path)
 
 
+def save_task_heads(path: Path, tasks: dict[str, TaskHead]) -> None:
+    """Write RUN/model.pt with `tasks` (name -> labels, weight, bias) replacing any it held.
+
+    Args:
+        path: the model.pt to rewrite (atomically).
+        tasks: the extra tasks' heads.
+
+    Raises:
+        EdgetlError: `path` is not a run checkpoint.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        raise EdgetlError(f"'{path}' is not an edgetl run checkpoint (expected format {RUN_FORMAT})")
+    state["tasks"] = {name: {"labels": list(t.labels), "weight": t.weight.detach().cpu(),
+                             "bias": t.bias.detach().cpu()} for name, t in tasks.items()}
+    tmp = Path(path).with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Load RUN/model.pt (weights_only) into a Classifier in eval mode."""
     path = Path(run_dir) / "model.pt" if Path(run_dir).is_dir() else Path(run_dir)
@@ -85,5 +115,7 @@ def load_run(run_dir: str | Path) -> Run:
     labels = list(state["labels"])
     model = Classifier(backbone, int(state["embedding_dim"]), len(labels), float(state.get("dropout", 0.0)))
     model.head.load_state_dict(state["head"])
+    # Runs written before multi-task heads have no "tasks".
+    tasks = {name: TaskHead(list(t["labels"]), t["weight"], t["bias"]) for name, t in state.get("tasks", {}).items()}
     return Run(model.eval(), spec, labels, Preprocess.from_dict(state["preprocess"]),
-               state["weights_origin"], state["strategy"])
+               state["weights_origin"], state["strategy"], tasks)

@@ -9,9 +9,11 @@ and the first that passes wins (its backbone and head become the bundle's):
      separate from the backbone, so this applies to every format unchanged.
   b. calibration: the calibration recipes the format supports, and the run's recipe with
      more samples, re-quantized from the FP32 artifact.
-  c. float blocks (TFLite): the backbone's most sensitive blocks kept in float, the fewest
-     that pass. Sensitivity: quantize all but one block, measure how close the embeddings
-     come to FP32's.
+  c. float blocks: the backbone's most sensitive blocks kept in float, the fewest that pass.
+     Sensitivity: quantize all but one block, measure how close the embeddings come to
+     FP32's. One procedure, format hooks for the graph and the quantizer: TFLite ops grouped
+     by their tensor names, kept float by ai-edge-quantizer overrides; QDQ ONNX nodes grouped
+     by their names, kept float by onnxruntime's `nodes_to_exclude` (no Q/DQ, float weights).
   d. int16 activations, int8 weights (TFLite, ai-edge-quantizer static_wi8_ai16): refused as
      a winner when its measured host latency exceeds the target's latency budget, since
      XNNPACK has no int16 kernels (docs/benchmarks.md, "INT8 accuracy recovery (issue 16)").
@@ -32,7 +34,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -269,31 +271,42 @@ def _export_variant(x: LadderInput, recipe: CalibrationRecipe, tag: str) -> Expo
     return exported
 
 
-def _tflite_blocks(source: Path) -> list[tuple[str, list[str]]]:
-    """The ops of a converted timm backbone grouped by block, in graph order: ("stem", ...),
-    ("blocks.S.B", ...), ("head", ...). Names come from litert-torch's tensor names, which
-    carry the module path (".../Sequential_blocks/...Sequential_3/..._InvertedResidual_1/...")."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(source))
+def _group_by_block(named: list[tuple[str, str]], pattern: re.Pattern) -> list[tuple[str, list[str]]]:
+    """(module path, member) pairs, in graph order, grouped by the timm block the path names:
+    ("stem", members), ("blocks.S.B", members), ("head", members). `pattern` captures S and B."""
     groups: dict[str, list[str]] = {}
-    order: list[str] = []
     seen_block = False
-    pattern = re.compile(r"Sequential_blocks/[^/;]*Sequential_(\d+)/[^/;]*_(\d+)(?:/|;|$)")
-    for op in interpreter._get_ops_details():  # noqa: SLF001 (LiteRT has no public node list)
-        if not op["outputs"]:
-            continue
-        name = interpreter._get_tensor_details(op["outputs"][0], 0)["name"]  # noqa: SLF001
-        m = pattern.search(name.split(";")[0])
+    for path, name in named:
+        m = pattern.search(path)
         if m:
             key, seen_block = f"blocks.{m.group(1)}.{m.group(2)}", True
         else:
             key = "head" if seen_block else "stem"
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(name)
-    return [(k, groups[k]) for k in order]
+        groups.setdefault(key, []).append(name)
+    return list(groups.items())
+
+
+def _tflite_blocks(source: Path) -> list[tuple[str, list[str]]]:
+    """The ops of a converted timm backbone grouped by block, named by their first output
+    tensor. litert-torch's tensor names carry the module path
+    (".../Sequential_blocks/...Sequential_3/..._InvertedResidual_1/...")."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(source))
+    names = [interpreter._get_tensor_details(op["outputs"][0], 0)["name"]  # noqa: SLF001 (LiteRT has no
+             for op in interpreter._get_ops_details() if op["outputs"]]  # noqa: SLF001  public node list)
+    pattern = re.compile(r"Sequential_blocks/[^/;]*Sequential_(\d+)/[^/;]*_(\d+)(?:/|;|$)")
+    return _group_by_block([(n.split(";")[0], n) for n in names], pattern)  # the first name is the op's own
+
+
+def _onnx_blocks(source: Path) -> list[tuple[str, list[str]]]:
+    """The nodes of an exported timm backbone ONNX grouped by block: the TorchScript exporter
+    names each node by its module path ("/blocks/blocks.3/blocks.3.1/conv_pw/Conv")."""
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    pattern = re.compile(r"^/blocks/blocks\.(\d+)/blocks\.\d+\.(\d+)/")
+    return _group_by_block([(n.name, n.name) for n in graph.node], pattern)
 
 
 # -- the ladder ------------------------------------------------------------------------------
@@ -396,56 +409,110 @@ def _climb(x: LadderInput, ladder: _Ladder, settle, skip) -> None:
         if settle("b", "calibration", best):
             return
 
-    if p.fmt.name != "tflite":
-        skip("c", "float blocks", "excluding nodes from the QDQ ONNX needs nodes_to_exclude in "
-                                  "edgetl/formats/onnx_tensorrt.py quantize_qdq, not wired yet")
+    hooks = {"tflite": _TfliteBlocks, "tensorrt": _QdqBlocks}.get(p.fmt.name)
+    if hooks is None:
+        skip("c", "float blocks", f"format {p.fmt.name} has no way to keep blocks float")
+    elif _float_blocks(ladder, best, settle, skip, hooks(x)):
+        return
+    if p.fmt.name == "tflite":
+        _int16(x, ladder, best, settle, skip)
+    else:
         skip("d", "int16 activations", "TensorRT has no int16 activations")
-        return
-    if _float_blocks(x, ladder, best, settle, skip):
-        return
-    _int16(x, ladder, best, settle, skip)
 
 
-def _tflite_source(x: LadderInput):
-    from edgetl.formats import tflite
+class _TfliteBlocks:
+    """Step c's TFLite hooks: ops grouped by block; kept float with ai-edge-quantizer's
+    per-tensor float overrides, from one calibration; XNNPACK partitions as the extra fact."""
 
-    source = tflite.int8_source_path(x.fp32.path)
-    source = source if source.is_file() else x.fp32.path
-    io = tflite.describe_io(source, x.plan.target.layout)
-    return tflite, source, io
+    unit = "ops"
+
+    def __init__(self, x: LadderInput):
+        from edgetl.formats import tflite
+
+        self.x, self.tflite = x, tflite
+        source = tflite.int8_source_path(x.fp32.path)
+        self.source = source if source.is_file() else x.fp32.path
+        self.io = tflite.describe_io(self.source, x.plan.target.layout)
+
+    def blocks(self) -> list[tuple[str, list[str]]]:
+        return _tflite_blocks(self.source)
+
+    def ranges(self, recipe: CalibrationRecipe):
+        io = self.io["input"]
+        return self.tflite.calibrate_int8(self.source, self.x.calibration(recipe), recipe, io["signature_input"],
+                                          io["signature"], min(self.x.plan.target.threads, 2))
+
+    def variant(self, ranges, recipe: CalibrationRecipe, tag: str, what: str, members: Sequence[str] = (),
+                **options) -> _Candidate:
+        x, io = self.x, self.io["input"]
+        out = _variant_folder(x, tag) / x.quantized.path.name
+        self.tflite.quantize_int8(self.source, out, None, recipe, io["signature_input"], io["signature"],
+                                  ranges=ranges, float_tensors=list(members), **options)
+        info = {**x.quantized.info, "calibration": {**recipe.to_dict(), "images": ranges.samples}}
+        return _Candidate(Exported(out, self.tflite.describe_io(out, x.plan.target.layout), info), recipe, what)
+
+    def facts(self, cand: _Candidate, members: list[str]) -> dict:
+        partitions, outside = self.tflite.xnnpack_partitions(cand.exported.path)
+        return {"float_ops": len(members), "xnnpack": {"partitions": partitions, "undelegated_ops": outside}}
 
 
-def _quantize_variant(x: LadderInput, ranges, recipe, tag: str, what: str, **options) -> _Candidate:
-    tflite, source, io = _tflite_source(x)
+class _QdqBlocks:
+    """Step c's QDQ ONNX hooks: nodes grouped by block; kept float with onnxruntime's
+    `nodes_to_exclude` (no Q/DQ on their inputs, float32 weights), from one calibration (its
+    range cache); the other weights stay int8 initializers."""
+
+    unit = "nodes"
+
+    def __init__(self, x: LadderInput):
+        from edgetl.formats import onnx_tensorrt
+
+        self.x, self.fmt = x, onnx_tensorrt
+
+    def blocks(self) -> list[tuple[str, list[str]]]:
+        return _onnx_blocks(self.x.fp32.path)
+
+    def ranges(self, recipe: CalibrationRecipe):
+        cache = _variant_folder(self.x, "c-ranges") / f"{recipe.name}.json"
+        return self.fmt.calibrate_qdq(self.x.fp32.path, self.x.calibration(recipe), recipe, cache)
+
+    def variant(self, ranges, recipe: CalibrationRecipe, tag: str, what: str,
+                members: Sequence[str] = ()) -> _Candidate:
+        x = self.x
+        out = _variant_folder(x, tag) / x.quantized.path.name
+        exported = self.fmt.export_int8(x.fp32.path, out, recipe, x.plan.target, x.plan.target.layout,
+                                        ranges=ranges, float_nodes=members)
+        return _Candidate(exported, recipe, what)
+
+    def facts(self, cand: _Candidate, members: list[str]) -> dict:
+        s = self.fmt.qdq_structure(cand.exported.path)
+        return {"float_nodes": list(members),
+                "qdq": {k: s[k] for k in ("convs", "convs_kept_float", "initializer_bytes")}}
+
+
+def _variant_folder(x: LadderInput, tag: str) -> Path:
     folder = x.stage / "recovery" / tag
     folder.mkdir(parents=True, exist_ok=True)
-    out = folder / x.quantized.path.name
-    tflite.quantize_int8(source, out, None, recipe, io["input"]["signature_input"], io["input"]["signature"],
-                         ranges=ranges, **options)
-    info = {**x.quantized.info, "calibration": {**recipe.to_dict(), "images": ranges.samples}}
-    return _Candidate(Exported(out, tflite.describe_io(out, x.plan.target.layout), info), recipe, what)
+    return folder
 
 
-def _ranges(x: LadderInput, recipe: CalibrationRecipe):
-    tflite, source, io = _tflite_source(x)
-    return tflite.calibrate_int8(source, x.calibration(recipe), recipe, io["input"]["signature_input"],
-                                 io["input"]["signature"], min(x.plan.target.threads, 2))
+def _float_blocks(ladder: _Ladder, best: _Candidate, settle, skip, hooks) -> bool:
+    """Step c: sensitivity of each block (all int8 but it), then the k most sensitive float.
 
-
-def _float_blocks(x: LadderInput, ladder: _Ladder, best: _Candidate, settle, skip) -> bool:
-    """Step c: sensitivity of each block (all int8 but it), then the k most sensitive float."""
-    tflite, source, _ = _tflite_source(x)
+    `hooks` is the format's (_TfliteBlocks, _QdqBlocks): `unit` what a member is (ops, nodes),
+    `blocks()` the graph's (block, members) groups, `ranges(recipe)` one calibration,
+    `variant(ranges, recipe, tag, what, members)` a quantized candidate with `members` float,
+    `facts(candidate, members)` its extra record."""
     recipe = best.recipe
-    blocks = _tflite_blocks(source)
+    blocks = hooks.blocks()
     if len(blocks) < 3:
         skip("c", "float blocks", f"the graph has no timm block structure to rank ({len(blocks)} group(s))")
         return False
-    ranges = _ranges(x, recipe)
+    ranges = hooks.ranges(recipe)
     base_cos = best.slice_cosine  # same recipe, same images: the same ranges
     gains = []
-    for i, (name, tensors) in enumerate(blocks):
-        cand = _quantize_variant(x, ranges, recipe, f"c{i}", "", float_tensors=tensors)
-        gains.append((ladder.slice_cosine(cand.exported)[0] - base_cos, name, tensors))
+    for i, (name, members) in enumerate(blocks):
+        cand = hooks.variant(ranges, recipe, f"c{i}", "", members)
+        gains.append((ladder.slice_cosine(cand.exported)[0] - base_cos, name, members))
     gains.sort(key=lambda g: -g[0])
     sensitivity = [{"block": n, "slice_cosine_gain": round(g, 6)} for g, n, _ in gains]
     for k in FLOAT_BLOCK_TRIES:
@@ -453,13 +520,11 @@ def _float_blocks(x: LadderInput, ladder: _Ladder, best: _Candidate, settle, ski
             break
         chosen = gains[:k]
         names = [n for _, n, _ in chosen]
-        tensors = [t for _, _, ts in chosen for t in ts]
-        cand = _quantize_variant(x, ranges, recipe, f"c-top{k}", f"{k} most sensitive block(s) kept float: "
-                                 + ", ".join(names) + f" (recipe '{recipe.name}')", float_tensors=tensors)
+        members = [m for _, _, ms in chosen for m in ms]
+        cand = hooks.variant(ranges, recipe, f"c-top{k}", f"{k} most sensitive block(s) kept float: "
+                             + ", ".join(names) + f" ({len(members)} {hooks.unit}, recipe '{recipe.name}')", members)
         cand.slice_cosine = ladder.slice_cosine(cand.exported)[0]
-        partitions, outside = tflite.xnnpack_partitions(cand.exported.path)
-        cand.extra = {"float_blocks": names, "float_ops": len(tensors), "sensitivity": sensitivity,
-                      "xnnpack": {"partitions": partitions, "undelegated_ops": outside}}
+        cand.extra = {"float_blocks": names, **hooks.facts(cand, members), "sensitivity": sensitivity}
         cand.exported.info["float_blocks"] = names
         if settle("c", "float blocks", cand):
             return True
@@ -467,10 +532,11 @@ def _float_blocks(x: LadderInput, ladder: _Ladder, best: _Candidate, settle, ski
 
 
 def _int16(x: LadderInput, ladder: _Ladder, best: _Candidate, settle, skip) -> None:
-    """Step d: int16 activations, int8 weights; measured, refused over the latency budget."""
+    """Step d (TFLite): int16 activations, int8 weights; measured, refused over the latency budget."""
     recipe = best.recipe
-    cand = _quantize_variant(x, _ranges(x, recipe), recipe, "d", f"int16 activations, int8 weights "
-                             f"(ai-edge-quantizer static_wi8_ai16, recipe '{recipe.name}')", activation_bits=16)
+    hooks = _TfliteBlocks(x)
+    cand = hooks.variant(hooks.ranges(recipe), recipe, "d", f"int16 activations, int8 weights "
+                         f"(ai-edge-quantizer static_wi8_ai16, recipe '{recipe.name}')", activation_bits=16)
     cand.exported.info["quantizer"] = "ai-edge-quantizer static_wi8_ai16 (int16 activations and I/O, int8 weights)"
     cand.scheme = "int16x8"
     cand.slice_cosine, ms = ladder.slice_cosine(cand.exported)

@@ -1,6 +1,6 @@
-"""Adaptation to field images (issue 17): the fold, `edgetl adapt` (align, adabn) on a
-simulated cheap camera, the adapted run's export, and `edgetl-device adapt` torch-free,
-with rollback and SIGKILLs."""
+"""Adaptation to field images (issue 17): the fold, `edgetl adapt` (align, adabn, dann) on a
+simulated cheap camera, `edgetl finetune --target-images --adapt`, the adapted run's export
+and INT8 calibration, and `edgetl-device adapt` torch-free, with rollback and SIGKILLs."""
 
 from __future__ import annotations
 
@@ -163,8 +163,12 @@ def test_adabn_changes_only_batchnorm_running_statistics(trained_run, field, tmp
 def test_bad_requests_are_clear_errors(trained_run, field, tmp_path):
     import edgetl.adapt
 
-    with pytest.raises(EdgetlError, match="not one of align, coral, adabn, auto"):
-        edgetl.adapt.adapt_run(trained_run, field["train"], "dann", tmp_path / "x")
+    with pytest.raises(EdgetlError, match="not one of align, coral, adabn, dann, auto"):
+        edgetl.adapt.adapt_run(trained_run, field["train"], "sgd", tmp_path / "x")
+    with pytest.raises(EdgetlError, match="strength applies to align, coral and adabn"):
+        edgetl.adapt.adapt_run(trained_run, field["train"], "dann", tmp_path / "x", strength=0.5)
+    with pytest.raises(EdgetlError, match="dann has no option 'momentum'"):
+        edgetl.adapt.adapt_run(trained_run, field["train"], "dann", tmp_path / "x", dann={"momentum": 0.9})
     with pytest.raises(EdgetlError, match="coral needs at least 2560 target images"):
         edgetl.adapt.adapt_run(trained_run, field["train"], "coral", tmp_path / "x")
     with pytest.raises(EdgetlError, match="is the source run"):
@@ -187,6 +191,194 @@ def test_adapted_run_exports_and_predicts(aligned_run, tmp_path):
     assert abs(result.metrics["fp32"]["top1"] - adapted_top1) <= 0.03  # same model, device runtime
     predictions = edgetl.Predictor.open(result.bundle).predict(sorted((DEMO / "3").iterdir())[:2])
     assert len(predictions) == 2 and all(p.label in edgetl.open_bundle(result.bundle).labels for p in predictions)
+
+
+# -- dann --------------------------------------------------------------------------------------------
+def test_gradient_reversal_and_lambda_schedule():
+    import torch
+
+    from edgetl.adapt.dann import ramp, reverse_gradient
+
+    x = torch.ones(3, requires_grad=True)
+    (reverse_gradient(x, 0.7) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([-0.7, -1.4, -2.1]))  # forward is the identity, backward reversed
+    assert ramp(0.0) == 0.0 and ramp(0.1) == pytest.approx(0.462, abs=1e-3) and ramp(1.0) > 0.9999
+
+
+def test_domain_collapse_rule():
+    from edgetl.adapt.dann import COLLAPSE_EPOCHS, domain_collapsed
+
+    chance = {"domain_loss": 0.69, "domain_accuracy": 0.51}
+    learning = {"domain_loss": 0.40, "domain_accuracy": 0.85}
+    assert COLLAPSE_EPOCHS == 2
+    assert domain_collapsed([learning, chance, chance])
+    assert not domain_collapsed([chance, learning])  # the latest epoch decides
+    assert not domain_collapsed([chance])  # one epoch at chance is not a run of them
+    assert not domain_collapsed([{"domain_loss": 0.69, "domain_accuracy": 0.70}] * 2)  # loss high, yet it separates
+
+
+def test_dann_options_follow_the_run():
+    from edgetl.adapt.dann import DannConfig
+
+    linear = {"strategy": "linear", "config": {"seed": 3, "unfreeze": 2, "epochs": 150, "lr": 0.01, "batch_size": 16}}
+    cfg = DannConfig.for_run(linear)
+    assert (cfg.strategy, cfg.seed, cfg.unfreeze, cfg.batch_size) == ("partial", 3, 2, 16)
+    assert (cfg.epochs, cfg.lr) == (12, 1e-3)  # the probe's epochs and lr are not a fine-tune's
+    full = {"strategy": "full", "config": {"epochs": 7, "lr": 5e-4}}
+    assert (DannConfig.for_run(full).strategy, DannConfig.for_run(full).epochs) == ("full", 7)
+    assert DannConfig.for_run(full, "partial", epochs=2).epochs == 2
+    with pytest.raises(EdgetlError, match="not one of partial, full"):
+        DannConfig(strategy="linear")
+
+
+def test_cli_choices_are_the_library_methods():
+    import edgetl.adapt
+    from edgetl.cli.host import ADAPT_METHODS
+
+    assert ADAPT_METHODS == edgetl.adapt.METHODS
+
+
+@pytest.fixture(scope="session")
+def dann_run(trained_run, field, tmp_path_factory) -> dict:
+    """`--adapt dann` (partial: the top 2 stages, 2 epochs at most, to stay near a minute) on
+    the demo run, with every image the training reads recorded (ImageDataset is how DANN and
+    its early stopping read images)."""
+    import edgetl.adapt
+    from edgetl import data
+
+    read, original = [], data.ImageDataset.__init__
+
+    def recording(self, items, *args, **kwargs):
+        original(self, items, *args, **kwargs)
+        read.extend(str(p) for p, _ in self.items)
+
+    data.ImageDataset.__init__ = recording
+    try:
+        run = edgetl.adapt.adapt_run(trained_run, field["train"], "dann", tmp_path_factory.mktemp("dann") / "run",
+                                     dann={"epochs": 2, "unfreeze": 2})
+    finally:
+        data.ImageDataset.__init__ = original
+    return {"path": run.path, "metrics": run.metrics, "read": read}
+
+
+@pytest.mark.slow
+def test_dann_trains_the_top_stages_stops_by_its_rule_and_never_reads_val(trained_run, dann_run, field):
+    import torch
+
+    from edgetl.adapt.dann import STOP_RULE
+
+    source = torch.load(trained_run / "model.pt", weights_only=True)["backbone_state"]
+    adapted = torch.load(dann_run["path"] / "model.pt", weights_only=True)
+    assert adapted["backbone_state"].keys() == source.keys()
+    changed = {n for n, t in source.items() if not torch.equal(t, adapted["backbone_state"][n])}
+    assert any(n.startswith("conv_head") for n in changed) and any(n.startswith("blocks.6") for n in changed)
+    assert not any(n.startswith(("conv_stem", "bn1", "blocks.0", "blocks.5")) for n in changed)  # partial: top 2
+    assert not any(n.endswith(("running_mean", "running_var")) for n in changed)  # BatchNorm statistics kept
+
+    a = dann_run["metrics"]["adaptation"]
+    t = a["training"]
+    assert a["method"] == "dann" and t["config"]["strategy"] == "partial" and t["trainable_stages"] == 2
+    history = t["history"]
+    assert 1 <= len(history) <= 2 and all(h["split"] == "selection" for h in history)
+    assert [h["epoch"] for h in history if h.get("kept")] == [t["stopped"]["kept_epoch"]]
+    assert t["stopped"]["rule"] in ("early stopping", "domain collapse", "maximum epochs")
+    assert t["stopped"]["criterion"] == STOP_RULE and t["stopped"]["after_epoch"] == len(history) - 1
+    assert all(0 <= h["domain_accuracy"] <= 1 and h["domain_loss"] >= 0 for h in history)
+    assert [h["lambda"] for h in history] == sorted(h["lambda"] for h in history)  # ramped up
+
+    record = field["record"]
+    read = set(dann_run["read"])
+    root = Path(record["root"])
+    assert read and not read & {str(root / f) for f in record["val_files"]}  # decisions never saw val
+    assert {str(root / f) for f in record["selection_files"]} <= read  # early stopping scored selection
+    assert dann_run["metrics"]["n"] == len(record["val_files"])  # the reported score: val, once, after
+    assert a["source_check"]["split"].startswith("selection")
+
+
+@pytest.mark.slow
+def test_dann_run_exports(dann_run):
+    import edgetl
+
+    result = edgetl.export(dann_run["path"], "rpi5", dann_run["path"].parent / "bundle", "fp32")
+    assert abs(result.metrics["fp32"]["top1"] - dann_run["metrics"]["top1"]) <= 0.03  # same model, device runtime
+
+
+@pytest.mark.slow
+def test_auto_weighs_dann_with_the_other_candidates(trained_run, field, tmp_path):
+    import edgetl.adapt
+
+    target = tmp_path / "target"
+    target.mkdir()
+    for p in sorted(Path(field["train"]).rglob("*.jpg"))[::4]:  # a quarter: every candidate embeds them
+        (target / f"{p.parent.name}-{p.name}").symlink_to(p)
+    run = edgetl.adapt.adapt_run(trained_run, target, "auto", tmp_path / "auto", dann={"epochs": 1, "unfreeze": 1})
+    auto = run.metrics["adaptation"]["auto"]
+    assert {"method": "dann", "strength": 1.0} in [{k: t[k] for k in ("method", "strength")} for t in auto["tried"]]
+    dann = [c for c in auto["candidates"] if c["method"] == "dann"]
+    assert len(dann) == (1 if next(t for t in auto["tried"] if t["method"] == "dann")["passed"] else 0)
+    assert all("im_score" in c["target_scores"] for c in auto["candidates"])
+    assert run.metrics["adaptation"]["method"] == auto["chosen"]["method"]
+
+
+# -- edgetl finetune --target-images --adapt -----------------------------------------------------------
+def test_finetune_refuses_adapt_without_target_images(tmp_path):
+    import edgetl
+
+    proc = run_cli(EDGETL, "finetune", DEMO, "--strategy", "linear", "--adapt", "align", "--out", tmp_path / "r")
+    assert proc.returncode == 2 and "--adapt needs --target-images DIR" in proc.stderr
+    with pytest.raises(EdgetlError, match=r"needs target_images \(--target-images DIR\)"):
+        edgetl.finetune(DEMO, tmp_path / "r", adapt="align", strategy="linear")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_finetune_with_target_images_is_finetune_then_adapt(trained_run, aligned_run, field, tmp_path):
+    import torch
+
+    out = tmp_path / "runs" / "field"
+    proc = run_cli(EDGETL, "finetune", DEMO, "--strategy", "linear", "--epochs", "150", "--seed", "0",
+                   "--target-images", field["train"], "--adapt", "align", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["field"]  # the fine-tuned stage is gone
+    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "metrics.json", "model.pt", "training_curve.png"]
+    one, two = (torch.load(d / "model.pt", weights_only=True) for d in (out, aligned_run))
+    for key in ("weight", "bias"):
+        assert torch.equal(one["head"][key], two["head"][key]), key
+    assert all(torch.equal(t, two["backbone_state"][n]) for n, t in one["backbone_state"].items())
+    metrics, reference = (json.loads((d / "metrics.json").read_text()) for d in (out, aligned_run))
+    source = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["top1"] == reference["top1"] and metrics["data"] == reference["data"]
+    assert metrics["adaptation"]["method"] == "align" and metrics["adaptation"]["map"] == reference["adaptation"]["map"]
+    assert metrics["unadapted"]["top1"] == source["top1"] and metrics["unadapted"]["n"] == source["n"]
+    assert metrics["calibration_images"] == str(Path(field["train"]).resolve())
+    assert metrics["strategy"] == "linear" and metrics["history"] == source["history"]
+
+
+# -- INT8 calibration of an adapted run -------------------------------------------------------------
+@pytest.mark.slow
+def test_adapted_run_calibrates_on_its_field_images(aligned_run, trained_run, field, small_recipe, tmp_path):
+    import shutil
+
+    from edgetl.exporter import ExportConfig, _calibration, plan
+    from edgetl.quantize.recipes import load_recipe
+
+    recipe = load_recipe(str(small_recipe))
+    p = plan(aligned_run, "rpi5", ExportConfig(precision="int8"))
+    batches = _calibration(p, None, p.run.preprocess, recipe)
+    assert len(batches) == 64 and p.calib_info["source"].startswith("adapted run's field images")
+    assert p.calib_info["pool"] == len(list(Path(field["train"]).rglob("*.jpg")))
+    source = plan(trained_run, "rpi5", ExportConfig(precision="int8"))
+    _calibration(source, None, source.run.preprocess, recipe)
+    assert source.calib_info["source"] == "run training split"  # an unadapted run: as before
+
+    moved = tmp_path / "moved"
+    shutil.copytree(aligned_run, moved)
+    metrics = json.loads((moved / "metrics.json").read_text())
+    metrics["calibration_images"] = str(tmp_path / "gone")
+    (moved / "metrics.json").write_text(json.dumps(metrics))
+    gone = plan(moved, "rpi5", ExportConfig(precision="int8"))
+    with pytest.raises(EdgetlError, match="no longer a folder; pass calib"):
+        _calibration(gone, None, gone.run.preprocess, recipe)
 
 
 # -- device: edgetl-device adapt ---------------------------------------------------------------------
@@ -242,7 +434,7 @@ def test_device_adapt_needs_a_reference_set_and_images(bundle, field, monkeypatc
         (few / p.name).symlink_to(p)
     result = device("adapt", bundle, few)
     assert result.returncode == 1 and "adapt needs at least 20 unlabeled images" in result.stderr
-    monkeypatch.setattr(Bundle, "reference", lambda self: None)
+    monkeypatch.setattr(Bundle, "reference", lambda self, *task: None)  # any task: none
     with pytest.raises(EdgetlError, match="has no reference set"):
         ondevice.adapt(bundle, [field["train"]])
     assert not (bundle / "heads" / "index.json").exists()

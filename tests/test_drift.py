@@ -80,6 +80,6 @@ def test_device_drift_refusals(fp32_bundle, drift_sets, tmp_path, monkeypatch):
     result = device("drift", bundle, few)
     assert result.returncode == 1 and "drift needs at least 10 recent images" in result.stderr
     assert device("drift", bundle, drift_sets["clean"], "--alpha", "nan").returncode == 2
-    monkeypatch.setattr(Bundle, "reference", lambda self: None)
+    monkeypatch.setattr(Bundle, "reference", lambda self, *task: None)  # any task: none
     with pytest.raises(EdgetlError, match="has no reference set"):
         ondevice.drift(bundle, drift_sets["clean"])

@@ -4,11 +4,13 @@
     run2 = edgetl.adapt.adapt_run("runs/a", "field/", "auto", "runs/a-field")
 
 `align` and `coral` fold an affine map of the embedding into the head (edgetl.core.align,
-shared with `edgetl-device adapt`); `adabn` re-estimates BatchNorm statistics; `auto`
-chooses without target labels. The adapted run exports like any run. See
-edgetl/adapt/run.py for the method details and the source check.
+shared with `edgetl-device adapt`); `adabn` re-estimates BatchNorm statistics; `dann`
+fine-tunes the backbone domain-adversarially (edgetl/adapt/dann.py); `auto` chooses
+without target labels. `finetune_adapted` is `edgetl finetune --target-images --adapt`.
+The adapted run exports like any run. See edgetl/adapt/run.py for the method details and
+the source check.
 """
 
-from edgetl.adapt.run import METHODS, adapt_run
+from edgetl.adapt.run import METHODS, adapt_run, finetune_adapted
 
-__all__ = ["METHODS", "adapt_run"]
+__all__ = ["METHODS", "adapt_run", "finetune_adapted"]

@@ -1,4 +1,4 @@
-"""`edgetl adapt RUN --target-images DIR --adapt align|coral|adabn|auto --out RUN2`.
+"""`edgetl adapt RUN --target-images DIR --adapt align|coral|adabn|dann|auto --out RUN2`.
 
 Unsupervised adaptation of a run to field images (no labels): the adapted run is a normal
 run folder (model.pt with the same keys, labels.txt, metrics.json), so `edgetl export`
@@ -9,8 +9,13 @@ builds its bundle unchanged: one backbone + one head.
   coral   the same with correlations (CORAL, shrunk); needs n_target >= 2 D images.
   adabn   BatchNorm running statistics from the target images (edgetl.adapt.adabn,
           "anchored" to the source's per-layer statistics); the head is untouched.
-  auto    each method at the largest strength that passes the source check, plus no
-          adaptation; the lowest information-maximisation score on the target images wins.
+  dann    domain-adversarial fine-tuning of the top (partial) or all (full) backbone stages
+          and the head from the run's weights (edgetl.adapt.dann): source classification
+          plus a gradient-reversed domain classifier on the embedding; early stopping on
+          the selection split, and a stop when the domain classifier is at chance.
+  auto    each method at the largest strength that passes the source check (dann: its one
+          model), plus no adaptation; the lowest information-maximisation score on the
+          target images wins.
 
 The source check (every method, recorded; auto's filter): the adapted model must lose at
 most `tolerance` points of top-1 against the run on labelled *source* images of the
@@ -37,7 +42,9 @@ import torch
 from torch import nn
 
 from edgetl.adapt import adabn
-from edgetl.adapt.features import embedding_cache, run_record, target_images
+from edgetl.adapt.dann import DannConfig, train_dann
+from edgetl.adapt.features import embedding_cache, run_record
+from edgetl.adapt.features import target_images as target_images_of
 from edgetl.api import Run
 from edgetl.bundle.writer import STAGE_MARK, clean_stale_staging
 from edgetl.core import align
@@ -53,7 +60,7 @@ from edgetl.transfer.run import check_run_destination
 
 log = logging.getLogger("edgetl")
 
-METHODS = ("align", "coral", "adabn", "auto")
+METHODS = ("align", "coral", "adabn", "dann", "auto")
 # auto tries each method at these strengths, strongest first, and keeps the first that passes
 # the source check. Measured on hymenoptera seeds 0-2 (Lite0, docs/benchmarks.md): full
 # alignment gained 16.5 points on the shifted camera and cost 2.2 on clean validation images
@@ -65,26 +72,30 @@ CORAL_IMAGES_PER_DIM = 2  # CORAL needs n_target >= 2 D (see `_coral_allowed`)
 AUTO_CRITERION = ("lowest information-maximisation score (mean per-image entropy minus the entropy of the mean "
                   "prediction) of the adapted model on the target images, among the candidates whose source "
                   f"check loses at most the tolerance; each method at the largest strength of {list(STRENGTHS)} "
-                  "that passes, and no adaptation")
+                  "that passes (dann: its one trained model), and no adaptation")
 
 
 @dataclass
 class _Candidate:
-    method: str  # align | coral | adabn | none
+    method: str  # align | coral | adabn | dann | none
     strength: float
     weight: np.ndarray
     bias: np.ndarray
-    backbone: nn.Module  # the run's own module unless adabn
+    backbone: nn.Module  # the run's own module unless adabn or dann
     info: dict = field(default_factory=dict)
     check: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)  # dann: history, stop rule, options
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float64) @ self.weight.T.astype(np.float64) + self.bias
 
     def summary(self) -> dict:
-        return {"method": self.method, "strength": self.strength, "source_check": self.check,
-                "target_scores": self.scores}
+        out = {"method": self.method, "strength": self.strength, "source_check": self.check,
+               "target_scores": self.scores}
+        if self.training:
+            out["stopped"] = self.training["stopped"]
+        return out
 
 
 class _Context:
@@ -105,7 +116,7 @@ class _Context:
         self.split = split
         self.cache_dir = cache_dir
         self.cache = embedding_cache(self.loaded.backbone, self.loaded, cache_dir)
-        self.target = target_images(target_dir)
+        self.target = target_images_of(target_dir)
         self.check_items = list(split.selection)
         if len(self.check_items) < MIN_CHECK_IMAGES:
             self.check_items += list(split.train)
@@ -118,6 +129,13 @@ class _Context:
         self.check_x = self.cache.embed([p for p, _ in self.check_items], f"embedding {self.check_name} images")
         self.check_y = np.array([y for _, y in self.check_items])
         self._layer_moments = None
+
+    def embed(self, backbone: nn.Module, paths: list, what: str) -> np.ndarray:
+        """Embeddings of `paths` by `backbone`: the run's, or an adapted copy (its own cache key)."""
+        return embedding_cache(backbone, self.loaded, self.cache_dir).embed(paths, f"embedding {what}")
+
+    def check_embeddings(self, backbone: nn.Module) -> np.ndarray:
+        return self.embed(backbone, [p for p, _ in self.check_items], f"{self.check_name} images (adapted backbone)")
 
     def source_check(self, cand: _Candidate, check_x: np.ndarray, tolerance: float) -> dict:
         before = float(np.mean((self.check_x @ self.weight.T + self.bias).argmax(1) == self.check_y))
@@ -188,17 +206,30 @@ class _BatchNorm:
         self.shift.apply(module, strength)
         cand = _Candidate("adabn", strength, ctx.weight.astype(np.float32), ctx.bias.astype(np.float32), module,
                           {**self.shift.info, "strength": strength})
-        cache = embedding_cache(module, ctx.loaded, ctx.cache_dir)
-        check_x = cache.embed([p for p, _ in ctx.check_items], f"embedding {ctx.check_name} images (AdaBN)")
-        cand.check = ctx.source_check(cand, check_x, tolerance)
+        cand.check = ctx.source_check(cand, ctx.check_embeddings(module), tolerance)
         return cand
 
-    def target_x(self, cand: _Candidate) -> np.ndarray:
-        return embedding_cache(cand.backbone, self.ctx.loaded, self.ctx.cache_dir).embed(
-            self.ctx.target, "embedding target images (AdaBN)")
+
+def _dann(ctx: _Context, cfg: DannConfig, tolerance: float) -> _Candidate:
+    """Train DANN on the run's training images and the target images; early stopping on the
+    split the source check uses first (the selection split, or a held-out training slice)."""
+    split_name = "selection" if ctx.check_name.startswith("selection") else "held-out training slice"
+    result = train_dann(ctx.loaded.model, ctx.loaded.preprocess, list(ctx.split.train), list(ctx.split.selection),
+                        ctx.target, cfg, split=split_name)
+    head = result.model.head
+    cand = _Candidate("dann", 1.0, head.weight.detach().numpy().copy(), head.bias.detach().numpy().copy(),
+                      result.model.backbone, {}, training={**result.info, "stopped": result.stopped,
+                                                           "history": result.history})
+    cand.check = ctx.source_check(cand, ctx.check_embeddings(result.model.backbone), tolerance)
+    if ctx.check_name.endswith("+ train"):  # the training images are DANN's own: say so where it is read
+        cand.check["note"] = "dann trained on the training images in this check; the selection part is held out"
+    return cand
 
 
-def _build(ctx: _Context, method: str, strength: float, tolerance: float, bn: list) -> _Candidate:
+def _build(ctx: _Context, method: str, strength: float, tolerance: float, bn: list,
+           dann: DannConfig | None = None) -> _Candidate:
+    if method == "dann":
+        return _dann(ctx, dann, tolerance)
     if method == "align":
         full = align.per_dimension(align.Moments.of(ctx.source_x), align.Moments.of(ctx.target_x))
         return _affine(ctx, "align", full, strength, tolerance)
@@ -209,8 +240,9 @@ def _build(ctx: _Context, method: str, strength: float, tolerance: float, bn: li
     return bn[0].candidate(strength, tolerance)
 
 
-def _score(ctx: _Context, cand: _Candidate, bn: list) -> dict:
-    x = bn[0].target_x(cand) if cand.method == "adabn" else ctx.target_x
+def _score(ctx: _Context, cand: _Candidate) -> dict:
+    x = ctx.target_x if cand.backbone is ctx.loaded.backbone else ctx.embed(cand.backbone, ctx.target,
+                                                                             f"target images ({cand.method})")
     cand.scores = align.prediction_scores(cand.logits(x))
     return cand.scores
 
@@ -221,20 +253,20 @@ def _none(ctx: _Context, tolerance: float) -> _Candidate:
     return cand
 
 
-def _auto(ctx: _Context, tolerance: float, bn: list) -> tuple[_Candidate, dict]:
-    methods = ["align", "adabn"] + ([] if _coral_allowed(ctx) else ["coral"])
+def _auto(ctx: _Context, tolerance: float, bn: list, dann: DannConfig | None) -> tuple[_Candidate, dict]:
+    methods = ["align", "adabn", "dann"] + ([] if _coral_allowed(ctx) else ["coral"])
     chosen = [_none(ctx, tolerance)]
     tried = []
     for method in methods:
-        for strength in STRENGTHS:
-            cand = _build(ctx, method, strength, tolerance, bn)
+        for strength in STRENGTHS if method != "dann" else (1.0,):  # dann has no strength: one model
+            cand = _build(ctx, method, strength, tolerance, bn, dann)
             tried.append({"method": method, "strength": strength, "drop_points": cand.check["drop_points"],
                           "passed": cand.check["passed"]})
             if cand.check["passed"]:
                 chosen.append(cand)
                 break
     for cand in chosen:
-        _score(ctx, cand, bn)
+        _score(ctx, cand)
     best = min(chosen, key=lambda c: c.scores["im_score"])
     return best, {"criterion": AUTO_CRITERION, "tried": tried, "candidates": [c.summary() for c in chosen],
                   "chosen": {"method": best.method, "strength": best.strength}}
@@ -279,79 +311,159 @@ def _check_strength(strength) -> float:
     return float(strength)
 
 
+def _check_request(method: str, strength, tolerance, dann: dict | None) -> float:
+    """Refuse a bad method, strength, tolerance or DANN option before any slow step; the strength."""
+    if method not in METHODS:
+        raise EdgetlError(f"--adapt '{method}' is not one of {', '.join(METHODS)}")
+    strength = _check_strength(strength)
+    if method == "dann" and strength != 1.0:
+        raise EdgetlError("strength applies to align, coral and adabn; dann's extent is set by its training "
+                          "(epochs, the lambda schedule, the stop rules). Leave strength at 1")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance <= 100:
+        raise EdgetlError(f"tolerance must be a number of points from 0 to 100, not {tolerance!r}")
+    unknown = sorted(set(dann or {}) - set(DannConfig.__dataclass_fields__))
+    if unknown:
+        raise EdgetlError(f"dann has no option {', '.join(map(repr, unknown))}; its options are: "
+                          f"{', '.join(DannConfig.__dataclass_fields__)}")
+    return strength
+
+
+def _destination(out: str | Path | None) -> Path:
+    if out is None:
+        raise EdgetlError("pass out: the folder to write the adapted run to")
+    out = Path(out)
+    out = out.resolve() if out.is_symlink() else out  # replace the folder a link points to, keep the link
+    check_run_destination(out)
+    return out
+
+
 def adapt_run(run: str | Path | Run, target_images: str | Path, method: str = "auto", out: str | Path | None = None,
               *, strength: float = 1.0, tolerance: float = SOURCE_TOLERANCE, cache_dir: str | Path | None = None,
-              progress: ProgressCallback | None = None) -> Run:
+              dann: dict | None = None, progress: ProgressCallback | None = None) -> Run:
     """Adapt a run to unlabeled field images and write the adapted run to `out`.
 
     Args:
         run: the source run folder (or a Run).
         target_images: a folder of unlabeled field images (searched recursively).
         method: align (per-dimension embedding statistics, folded into the head), coral (with
-            correlations; needs 2 x embedding-width images), adabn (BatchNorm statistics) or
-            auto (see the module docstring).
+            correlations; needs 2 x embedding-width images), adabn (BatchNorm statistics), dann
+            (domain-adversarial fine-tuning) or auto (see the module docstring).
         out: the adapted run folder to write (new, empty, or an earlier run).
         strength: for align, coral, adabn: how far from the run (0) to the full adaptation (1)
-            to go; auto chooses it.
+            to go; auto chooses it; dann takes none (1).
         tolerance: points of source top-1 the adapted model may lose in the source check
             (recorded for every method; auto only considers candidates within it).
         cache_dir: the embedding cache (default: $EDGETL_CACHE or ~/.cache/edgetl).
+        dann: dann's (and auto's dann candidate's) options, fields of
+            `edgetl.adapt.dann.DannConfig` (strategy, unfreeze, epochs, patience, lr, batch_size,
+            augment, seed); unset ones come from the run's finetune options (`DannConfig.for_run`).
         progress: called as progress(description, done, total) during long stages.
 
     Returns:
         The adapted Run; its metrics.json holds the clean validation metrics of the adapted
         model, the source run's `data` record, `adaptation` (method, strength, map, image
-        counts, source check, target scores, auto's candidates) and `calibration_images`.
+        counts, source check, target scores, dann's `training`, auto's candidates) and
+        `calibration_images`.
 
     Raises:
-        EdgetlError: an unknown method, a bad strength or tolerance, a run without its data
-            record or images, too few target images, an `out` that is not a run folder.
+        EdgetlError: an unknown method or dann option, a bad strength or tolerance, a run
+            without its data record or images, too few target images, an `out` that is not a
+            run folder.
     """
-    if method not in METHODS:
-        raise EdgetlError(f"--adapt '{method}' is not one of {', '.join(METHODS)}")
-    strength = _check_strength(strength)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance <= 100:
-        raise EdgetlError(f"tolerance must be a number of points from 0 to 100, not {tolerance!r}")
-    if out is None:
-        raise EdgetlError("pass out: the folder to write the adapted run to")
+    strength = _check_request(method, strength, tolerance, dann)
     run_dir = Path(run.path if isinstance(run, Run) else run)
-    out = Path(out)
-    out = out.resolve() if out.is_symlink() else out
+    out = _destination(out)
     if out.resolve() == run_dir.resolve():
         raise EdgetlError(f"out '{out}' is the source run; write the adapted run to another folder")
-    check_run_destination(out)
-    started = time.perf_counter()
     with reporting(progress):
-        ctx = _Context(run_dir, Path(target_images), cache_dir)
-        bn: list = []
-        auto = None
-        if method == "auto":
-            cand, auto = _auto(ctx, float(tolerance), bn)
-        else:
-            if method == "coral" and _coral_allowed(ctx):
-                raise EdgetlError(_coral_allowed(ctx))
-            cand = _build(ctx, method, strength, float(tolerance), bn)
-            _score(ctx, cand, bn)
-            if not cand.check["passed"]:
-                log.warning("adapt %s: the adapted model loses %.1f points on %d source images (%s; tolerance %g); "
-                            "it is specialised to the target images. A lower --strength, or --adapt auto, keeps more "
-                            "of the source accuracy", method, cand.check["drop_points"], cand.check["n"],
-                            cand.check["split"], tolerance)
-        source_scores = align.prediction_scores(ctx.target_x @ ctx.weight.T + ctx.bias)
-        # Scored once, after every decision: the reported metrics, on the run's validation split.
-        val_paths = [p for p, _ in ctx.split.val]
-        val_cache = embedding_cache(cand.backbone, ctx.loaded, cache_dir)
-        val_x = val_cache.embed(val_paths, "embedding val images")
-        val_y = [y for _, y in ctx.split.val]
-        metrics = classification_metrics(val_y, cand.logits(val_x).argmax(1), list(ctx.loaded.labels))
+        return _adapt(run_dir, Path(target_images), method, out, strength, float(tolerance), cache_dir, dann,
+                      source_run=str(run_dir.resolve()))
+
+
+UNADAPTED_KEYS = ("top1", "balanced_accuracy", "n", "per_class", "confusion")  # recorded under `unadapted`
+
+
+def finetune_adapted(data: str | Path, out: str | Path, cfg, target_images: str | Path, method: str = "auto", *,
+                     tolerance: float = SOURCE_TOLERANCE, dann: dict | None = None) -> Run:
+    """`edgetl finetune DATA --target-images DIR --adapt METHOD`: fine-tune, then adapt, one run.
+
+    The fine-tuned run is written to a staging folder beside `out` (removed afterwards) and
+    adapted exactly as `adapt_run` would (same code, same options: the test checks that the
+    two routes give the same model). `out` receives only the adapted run; its metrics.json
+    keeps the fine-tune's record (config, history, selection) and adds `unadapted`: the
+    fine-tuned model's validation metrics before adaptation.
+
+    Args:
+        data: the finetune data folder.
+        out: the adapted run folder to write.
+        cfg: an `edgetl.transfer.FinetuneConfig`.
+        target_images: a folder of unlabeled field images.
+        method: as `adapt_run` (at full strength; auto chooses its own).
+        tolerance: as `adapt_run`.
+        dann: as `adapt_run`; unset options come from `cfg`.
+
+    Returns:
+        The adapted Run.
+
+    Raises:
+        EdgetlError: as `edgetl.finetune` and `adapt_run`, before any training where it can.
+    """
+    from edgetl.transfer.run import finetune as run_finetune
+
+    _check_request(method, 1.0, tolerance, dann)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would adapt and write `out`
+        raise EdgetlError("--target-images runs in one process, not under torchrun: fine-tune under torchrun, then "
+                          "run `edgetl adapt RUN --target-images DIR --adapt METHOD --out RUN2`")
+    out = _destination(out)
+    target_dir = Path(target_images)
+    target_images_of(target_dir)  # too few or no images: refused now, not after the training
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(out.parent, out.name)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.unadapted-", dir=out.parent))
+    try:
+        (stage / STAGE_MARK).touch()  # a killed command leaves it for the next writer to delete
+        run_dir = stage / "run"
+        source = run_finetune(data, run_dir, cfg)
+        adapted = _adapt(run_dir, target_dir, method, out, 1.0, float(tolerance), cfg.cache_dir, dann,
+                         source_run=None, unadapted={k: source[k] for k in UNADAPTED_KEYS if k in source})
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return adapted
+
+
+def _adapt(run_dir: Path, target_dir: Path, method: str, out: Path, strength: float, tolerance: float, cache_dir,
+           dann: dict | None, source_run: str | None, unadapted: dict | None = None) -> Run:
+    """The adaptation itself, arguments checked: decide on source/target images, score val once, write."""
+    started = time.perf_counter()
+    ctx = _Context(run_dir, target_dir, cache_dir)
+    dann_cfg = DannConfig.for_run(ctx.metrics, **(dann or {})) if method in ("dann", "auto") else None
+    bn: list = []
+    auto = None
+    if method == "auto":
+        cand, auto = _auto(ctx, tolerance, bn, dann_cfg)
+    else:
+        if method == "coral" and _coral_allowed(ctx):
+            raise EdgetlError(_coral_allowed(ctx))
+        cand = _build(ctx, method, strength, tolerance, bn, dann_cfg)
+        _score(ctx, cand)
+        if not cand.check["passed"]:
+            log.warning("adapt %s: the adapted model loses %.1f points on %d source images (%s; tolerance %g); "
+                        "it is specialised to the target images. A lower --strength, or --adapt auto, keeps more "
+                        "of the source accuracy", method, cand.check["drop_points"], cand.check["n"],
+                        cand.check["split"], tolerance)
+    source_scores = align.prediction_scores(ctx.target_x @ ctx.weight.T + ctx.bias)
+    # Scored once, after every decision: the reported metrics, on the run's validation split.
+    val_x = ctx.embed(cand.backbone, [p for p, _ in ctx.split.val], "val images")
+    val_y = [y for _, y in ctx.split.val]
+    metrics = classification_metrics(val_y, cand.logits(val_x).argmax(1), list(ctx.loaded.labels))
     source_metrics = ctx.metrics
     adaptation = {
         "method": cand.method,
         "requested": method,
         "strength": cand.strength,
-        "source_run": str(run_dir.resolve()),
+        "source_run": source_run if source_run else "fine-tuned by this command: its figures are under `unadapted`",
         "source_top1": source_metrics.get("top1"),
-        "target_images": str(Path(target_images).resolve()),
+        "target_images": str(target_dir.resolve()),
         "n_target": len(ctx.target),
         "n_source": len(ctx.source_x),
         "source_statistics": f"embeddings of the run's {len(ctx.source_x)} training images",
@@ -361,14 +473,19 @@ def adapt_run(run: str | Path | Run, target_images: str | Path, method: str = "a
         "reported_on": "val: the run's validation split (clean), scored once after every decision",
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if cand.training:
+        adaptation["training"] = cand.training
     if auto:
         adaptation["auto"] = auto
     merged = {k: v for k, v in source_metrics.items() if k not in metrics}
     merged.update(metrics)
+    if unadapted is not None:
+        merged["unadapted"] = {**unadapted, "about": "the fine-tuned model before adaptation, same validation split"}
     merged.update({"adaptation": adaptation,
                    # The INT8 calibration set of the adapted model is the field images: its
-                   # activations are the ones the quantization ranges must cover.
-                   "calibration_images": str(Path(target_images).resolve())})
+                   # activations are the ones the quantization ranges must cover (edgetl export
+                   # reads this when no calibration folder is given).
+                   "calibration_images": str(target_dir.resolve())})
     merged["data"] = source_metrics["data"]
     _write(out, ctx, cand, merged)
     log.info("adapted run written to '%s' (%s, strength %g): val top1 %.4f (source %.4f)", out, cand.method,

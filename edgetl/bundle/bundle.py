@@ -93,14 +93,40 @@ class Bundle:
         """sha256 of manifest.json, which lists every file's sha256: one name for the whole bundle."""
         return bundle_digest(self.dir)
 
-    def factory_head(self) -> Head:
-        """The head the bundle was exported with (version 0 of every head store)."""
-        return Head.from_factory_file(self.dir / self.manifest.head, self.labels, self.manifest.embedding_dim)
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task's name: the default task (the class folders it was trained on) first,
+        then the manifest's extra tasks, each a head on the same embedding."""
+        return (DEFAULT_TASK, *(self.manifest.tasks or {}))
 
-    def binding(self) -> dict:
-        """What ties a head store to this bundle (recorded in heads/index.json)."""
+    def labels_of(self, task: str = DEFAULT_TASK) -> tuple[str, ...]:
+        """The factory labels of `task`.
+
+        Raises:
+            BundleError: the bundle has no such task.
+        """
+        return self.labels if task == DEFAULT_TASK else tuple(self._task(task)["labels"])
+
+    def _task(self, task: str) -> dict:
+        tasks = self.manifest.tasks or {}
+        if task not in tasks:
+            raise BundleError(f"bundle '{self.dir}' has no task '{task}'; its tasks are {', '.join(self.tasks)}. "
+                              "Pass one of those as --task")
+        return tasks[task]
+
+    def factory_head(self, task: str = DEFAULT_TASK) -> Head:
+        """The head `task` was exported with (version 0 of its head store).
+
+        Raises:
+            BundleError: no such task, or its head file is unreadable or of the wrong shape.
+        """
+        file = self.manifest.head if task == DEFAULT_TASK else self._task(task)["head"]
+        return Head.from_factory_file(self.dir / file, self.labels_of(task), self.manifest.embedding_dim)
+
+    def binding(self, task: str = DEFAULT_TASK) -> dict:
+        """What ties `task`'s head store to this bundle (recorded in its index.json)."""
         return {"backbone_sha256": self.manifest.files[self.manifest.model_file],
-                "embedding_dim": self.manifest.embedding_dim, "factory_labels": list(self.labels)}
+                "embedding_dim": self.manifest.embedding_dim, "factory_labels": list(self.labels_of(task))}
 
     def heads(self, task: str = DEFAULT_TASK, repair: bool = False) -> HeadStore:
         """The device-owned head store of `task` (it may not exist yet).
@@ -110,50 +136,57 @@ class Bundle:
             repair: accept an index whose active version is not listed (rollback repairs it).
 
         Raises:
-            EdgetlError: the store belongs to another bundle (by its recorded binding, or for a
-                store written before bindings by a v0 that is not this bundle's factory head).
+            EdgetlError: the bundle has no such task; the store belongs to another bundle (by its
+                recorded binding, or for a store written before bindings by a v0 that is not
+                this task's factory head).
         """
-        store = HeadStore(self.dir, task, self.binding(), repair=repair)
+        store = HeadStore(self.dir, task, self.binding(task), repair=repair, factory=lambda: self.factory_head(task))
         if store.exists():
             index = store.index()  # checks a recorded binding
             if "binding" not in index:
                 v0 = store.load(0, index)
-                if not v0.same_as(self.factory_head()):
+                if not v0.same_as(self.factory_head(task)):
                     raise BundleError(f"head store '{store.dir}' was not made from this bundle: its version 0 "
-                                      f"differs from '{self.dir / self.manifest.head}'; move '{store.dir}' away to "
-                                      "start from this bundle's factory head")
+                                      f"differs from this bundle's factory head of task '{task}'; move "
+                                      f"'{store.dir}' away to start from this bundle's factory head")
         return store
 
     def active_head(self, task: str = DEFAULT_TASK) -> tuple[int, Head]:
         """(version, head) in use: the head store's active version, else the factory head (0)."""
         store = self.heads(task)
-        return store.load_active() if store.exists() else (0, self.factory_head())
+        return store.load_active() if store.exists() else (0, self.factory_head(task))
 
-    def require_reference(self, purpose: str) -> tuple[np.ndarray, list[str]]:
+    def require_reference(self, purpose: str, task: str = DEFAULT_TASK) -> tuple[np.ndarray, list[str]]:
         """The reference set, for an operation that cannot go on without one.
 
         Raises:
-            BundleError: the bundle ships none (exported before reference sets existed).
+            BundleError: the bundle ships none (exported before reference sets existed), or
+                none with `task`'s labels.
         """
-        ref = self.reference()
+        ref = self.reference(task)
         if ref is None:
             raise BundleError(f"bundle '{self.dir}' has no reference set (reference.npz), {purpose}; re-export it "
                               "with `edgetl export` (bundles from this version ship one)")
         return ref
 
-    def reference(self) -> tuple[np.ndarray, list[str]] | None:
-        """The factory's reference embeddings and their labels (the guardrail's set), if shipped."""
+    def reference(self, task: str = DEFAULT_TASK) -> tuple[np.ndarray, list[str]] | None:
+        """The factory's reference embeddings and their `task` labels (the guardrail's set), if
+        shipped; None also for an extra task the export could not score (no labels for it)."""
         ref = self.manifest.reference
         if not ref:
             return None
         path = self.dir / ref["file"]
+        key = "labels" if task == DEFAULT_TASK else f"labels.{task}"
+        labels = self.labels_of(task)
         try:
             with np.load(path, allow_pickle=False) as z:
+                if key not in z.files and task != DEFAULT_TASK:
+                    return None
                 emb = np.asarray(z["embeddings"], np.float32)
-                raw = z["labels"]
+                raw = z[key]
         except (OSError, ValueError, KeyError, EOFError) as exc:
             raise BundleError(f"reference set '{path}' is unreadable ({exc}); re-export the bundle") from None
-        names = [self.labels[int(i)] for i in raw] if raw.dtype.kind in "iu" else [str(s) for s in raw]
+        names = [labels[int(i)] for i in raw] if raw.dtype.kind in "iu" else [str(s) for s in raw]
         if emb.ndim != 2 or len(names) != len(emb):
             raise BundleError(f"reference set '{path}' has {emb.shape} embeddings for {len(names)} labels; "
                               "re-export the bundle")

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.bundle.manifest import BundleError
+from edgetl.bundle.manifest import DEFAULT_TASK, TASK_NAME, BundleError
 from edgetl.errors import EdgetlError
 from edgetl.core.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
@@ -39,10 +40,8 @@ log = logging.getLogger("edgetl")
 
 INDEX = "index.json"
 INDEX_FORMAT = "edgetl.heads/1"
-DEFAULT_TASK = "default"
 _HEAD_FILE = re.compile(r"^v(\d{4,})\.npz$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp$")  # what fsutil.atomic_write_bytes leaves behind on a kill
-_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def utc_now() -> str:
 
 
 def store_dir(bundle_dir: str | Path, task: str = DEFAULT_TASK) -> Path:
-    if not _TASK_NAME.match(task):
+    if not TASK_NAME.match(task):
         raise EdgetlError(f"task name {task!r} must be 1 to 64 letters, digits, '_', '-' or '.', starting with a "
                           "letter or digit")
     root = Path(bundle_dir) / "heads"
@@ -121,7 +120,7 @@ class HeadStore:
     """The versions of one task's head. Reading needs no lock; writing goes through `writer()`."""
 
     def __init__(self, bundle_dir: str | Path, task: str = DEFAULT_TASK, binding: dict | None = None,
-                 repair: bool = False):
+                 repair: bool = False, factory: Callable[[], Head] | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.task = task
         self.dir = store_dir(bundle_dir, task)
@@ -130,6 +129,8 @@ class HeadStore:
         # rollback opens the store to repair it: an index whose `active` names no listed
         # version is then readable, so that `rollback VERSION` can point it at a listed one.
         self.repair = repair
+        # The task's own factory head (Bundle.heads passes it): version 0 of a new store.
+        self.factory = factory
 
     # -- reading ----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -245,8 +246,21 @@ class HeadStore:
 
     # -- writing ----------------------------------------------------------------------
     @contextmanager
-    def writer(self, factory: "callable[[], Head]"):
-        """Exclusive write access. Creates the store (v0 = `factory()`) and clears crash leftovers."""
+    def writer(self, factory: Callable[[], Head] | None = None):
+        """Exclusive write access. Creates the store (version 0 = the factory head) and clears
+        crash leftovers.
+
+        Args:
+            factory: makes the factory head, for a store opened on its own (`HeadStore(dir)`). A
+                store from `Bundle.heads(task)` uses the factory head of its task, so a caller
+                holding the bundle cannot seed one task's store with another task's head.
+
+        Raises:
+            EdgetlError: the store is not writable, another writer holds it, or no factory head is known.
+        """
+        make = self.factory or factory
+        if make is None:
+            raise EdgetlError(f"internal: no factory head for the new head store '{self.dir}'")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -260,13 +274,17 @@ class HeadStore:
                 raise EdgetlError(f"another edgetl-device command is changing '{self.dir}'; wait for it "
                                   "to finish") from None
             if not self.exists():
-                self._create(factory())
+                self._create(make())
             self._clean_orphans()
             yield _Writer(self)
         finally:
             os.close(fd)  # closing releases the flock
 
     def _create(self, head: Head) -> None:
+        expected = (self.binding or {}).get("factory_labels")
+        if expected is not None and list(head.labels) != list(expected):
+            raise EdgetlError(f"internal: version 0 of '{self.dir}' would have labels {list(head.labels)}, not the "
+                              f"factory labels {list(expected)} of task '{self.task}'")
         entry = self._write_head(0, head, parent=None, source="factory", data_digest=None, metrics={})
         index = {"format": INDEX_FORMAT, "task": self.task, "active": 0, "versions": [entry]}
         if self.binding:

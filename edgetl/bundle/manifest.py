@@ -10,6 +10,9 @@ Schema 2 adds `data` (a digest of the validation set instead of its host path) a
 the manifest's `labels` the truth (`labels.txt` is a convenience copy). Devices in the field
 hold schema-1 bundles, so reading 1 stays (tests/test_bundle_schema.py opens, predicts and
 retrains one).
+
+A multi-task bundle adds `tasks` (extra task name -> its head file and labels) within schema 2:
+a bundle without it is a one-task bundle, as every earlier one is.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_TASK = "default"  # the task of the class folders: the manifest's `labels` and `head`
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # also a folder name under heads/
 
 
 class BundleError(EdgetlError):
@@ -71,6 +76,25 @@ def _finite(obj: Any) -> bool:
     return True
 
 
+def _check_tasks(tasks: Any, files: dict, source: str | Path) -> None:
+    """The `tasks` entry: each extra task names a listed head file and its unique labels."""
+    if not isinstance(tasks, dict):
+        raise BundleError(f"'{source}': 'tasks' is a {type(tasks).__name__}, not an object; re-export the bundle")
+    for name, task in tasks.items():
+        if not isinstance(name, str) or not TASK_NAME.match(name) or name == DEFAULT_TASK:
+            raise BundleError(f"'{source}': task name {name!r} is not a valid extra task name (letters, digits, "
+                              f"'_', '-', '.'; not '{DEFAULT_TASK}'); re-export the bundle")
+        if not isinstance(task, dict) or not isinstance(task.get("head"), str) or task["head"] not in files:
+            raise BundleError(f"'{source}': task '{name}' lacks a head file among the listed files; re-export the "
+                              "bundle")
+        labels = task.get("labels")
+        if not isinstance(labels, list) or len(labels) < 2 or len(set(map(str, labels))) != len(labels):
+            raise BundleError(f"'{source}': task '{name}' labels must be a list of two or more unique labels, got "
+                              f"{labels!r}; re-export the bundle")
+        for label in labels:
+            check_label(label, f"{source} (task '{name}')")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a bundle is: target, precision, backend, model I/O, preprocessing, labels, metrics.
@@ -98,6 +122,9 @@ class Manifest:
     calibration: dict | None = None
     metrics_backend: str | None = None
     data: dict | None = None  # schema 2: digest and layout of the validation set
+    # Multi-task bundles: extra task name -> {"head": file, "labels": [...]}, heads on the same
+    # embedding. Optional, so bundles without it (every earlier one) read as before.
+    tasks: dict | None = None
     extra: dict = field(default_factory=dict)  # keys a newer edgetl wrote; kept, not interpreted
 
     # -- reading ----------------------------------------------------------------------------
@@ -148,6 +175,8 @@ class Manifest:
                 raise BundleError(f"'{source}': model lacks '{key}'; re-export the bundle")
         if model["file"] not in body["files"]:
             raise BundleError(f"'{source}': model file '{model['file']}' is not among the listed files; re-export")
+        if "tasks" in body:
+            _check_tasks(body["tasks"], body["files"], source)
         known = {f.name for f in fields(cls)} - {"extra", "labels"}
         values = {k: body[k] for k in known if k in body}
         extra = {k: v for k, v in body.items() if k not in known and k not in ("labels", "manifest_sha256")}
@@ -173,7 +202,8 @@ class Manifest:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if value is None and f.name in ("reference", "fused", "calibration", "metrics_backend", "data", "format"):
+            if value is None and f.name in ("reference", "fused", "calibration", "metrics_backend", "data", "format",
+                                            "tasks"):
                 continue
             body[f.name] = list(value) if f.name == "labels" else value
         if not _finite(body):

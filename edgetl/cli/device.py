@@ -20,6 +20,7 @@ DRIFT_EXIT = 4
 MAX_THREADS = 256  # edgetl.backends.MAX_THREADS; LiteRT crashes on absurd thread counts
 
 _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+_task_opt = click.option("--task", default="default", show_default=True, help="Which head of a multi-task bundle.")
 _threads_opt = click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
                             help="Inference threads (default: the target's).")
 
@@ -63,11 +64,13 @@ def predict_cmd(bundle: Path, images: tuple[Path, ...], top_k: int, threads: int
     else:
         m = predictor.manifest
         table = Table(title=escape(f"{bundle} ({m.precision}, {m.backend})"))
-        for col in ("image", "label", "score", f"top-{top_k}", "ms"):
-            table.add_column(col)
+        extra = [t for t in predictor.bundle.tasks if t != predictor.task]  # a column per other task
+        for col in ("image", "label", "score", f"top-{top_k}", *extra, "ms"):
+            table.add_column(escape(col))
         for p in results:
             others = ", ".join(f"{lab} {s:.2f}" for lab, s in p.top_k[1:])
-            table.add_row(escape(p.source), escape(p.label), f"{p.score:.3f}", escape(others),
+            answers = [escape(f"{p.tasks[t]['label']} {p.tasks[t]['score']:.2f}") for t in extra]
+            table.add_row(escape(p.source), escape(p.label), f"{p.score:.3f}", escape(others), *answers,
                           f"{p.timing_ms['inference']:.1f}")
         stdout.print(table)
     for e in errors:  # also with --json (where they are in the JSON too): stderr says why the exit is 1
@@ -81,22 +84,27 @@ def predict_cmd(bundle: Path, images: tuple[Path, ...], top_k: int, threads: int
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics JSON here.")
 @_threads_opt
+@_task_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics JSON.")
-def evaluate_cmd(bundle: Path, data: Path, out: Path | None, threads: int | None, as_json: bool) -> None:
-    """Score the bundle on DATA/<class>/ images with the device runtime."""
+def evaluate_cmd(bundle: Path, data: Path, out: Path | None, threads: int | None, task: str, as_json: bool) -> None:
+    """Score the bundle on DATA/<class>/ images with the device runtime.
+
+    With --task, DATA's class folders are named after that task's labels
+    (e.g. DATA/even/, DATA/odd/).
+    """
     from edgetl.core.fsutil import atomic_write_json
     from edgetl.runtime.evaluate import evaluate_folder
 
     check_writable(out)
     with progress_bars():
-        metrics = evaluate_folder(bundle, data, threads=threads)
+        metrics = evaluate_folder(bundle, data, threads=threads, task=task)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, metrics)
     if as_json:
         click.echo(json_text(metrics))
     else:
-        stdout.print(escape(f"{bundle}: top1 {metrics['top1']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f} "
+        stdout.print(escape(f"{bundle}{'' if task == 'default' else f' (task {task})'}: top1 {metrics['top1']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f} "
                             f"on {metrics['n']} images ({metrics['precision']}, "
                             f"{metrics['latency_ms']['inference_mean']:.1f} ms/image, "
                             f"{metrics['latency_ms']['threads']} threads)" + (f"; wrote {out}" if out else "")))
@@ -144,7 +152,6 @@ def build_engine_cmd(bundle: Path, dla_core, workspace_mb, timing_cache, max_bat
 
 
 # -- adapt the head -----------------------------------------------------------------------------
-_task_opt = click.option("--task", default="default", show_default=True, help="Which head of a multi-task bundle.")
 _guard_opts = [
     click.option("--tolerance", type=FiniteFloat(0, 100), default=2.0, show_default=True,
                  help="Percentage points of old-class accuracy the new head may lose."),

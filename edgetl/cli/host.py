@@ -4,6 +4,7 @@ the public API, print."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -12,6 +13,9 @@ from edgetl.cli.common import FiniteFloat, escape, json_text, progress_bars, run
 from edgetl.cli.options import config_options
 from edgetl.exporter import ExportConfig
 from edgetl.transfer.config import FinetuneConfig
+
+# edgetl.adapt.METHODS, spelt here so that `edgetl --help` imports no torch (tests/test_adapt.py checks they agree).
+ADAPT_METHODS = ("align", "coral", "adabn", "dann", "auto")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -52,8 +56,18 @@ def print_metrics(title: str, metrics: dict, as_json: bool) -> None:
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @config_options(FinetuneConfig)
+@click.option("--target-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Unlabeled field images: adapt the fine-tuned run to them (OUT is the adapted run).")
+@click.option("--adapt", "adapt_method", type=click.Choice(ADAPT_METHODS), default=None,
+              help="With --target-images: the adaptation, as `edgetl adapt` (default auto).")
+@click.option("--task", "tasks", multiple=True, metavar="NAME=CSV",
+              help="An extra task on the same backbone: CSV rows `file,label`, file relative to DATA (repeatable). "
+                   "The class folders stay the primary task, 'default'.")
+@click.option("--task-weight", "task_weights", multiple=True, metavar="NAME=W",
+              help="A task's loss weight, above 0 (default 1; NAME may be 'default'). With --strategy linear the "
+                   "heads are independent, so the weights do not change them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def finetune(data, out, as_json, **options):
+def finetune(data, out, target_images, adapt_method, tasks, task_weights, as_json, **options):
     """Fine-tune a pretrained backbone on a folder of images.
 
     DATA is either DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/* split here
@@ -70,13 +84,43 @@ def finetune(data, out, as_json, **options):
       edgetl finetune data/digits --val-split 0.2 --strategy partial --unfreeze 3 --out runs/d
       edgetl finetune data/insects --strategy linear --input-size 288 --out runs/i   # small objects
       edgetl finetune data/parts --backbone mobilenetv3_large_100 --weights mnv3.pth --out runs/m
+      torchrun --nproc-per-node 2 -m edgetl.cli.host finetune data/digits --strategy partial --out runs/d2
+      edgetl finetune data/hymenoptera --target-images field/ --adapt align --out runs/h-field
+      edgetl finetune data/digits --strategy linear --task parity=parity.csv --out runs/d-tasks
+
+    \b
+    With --target-images, OUT is the run adapted to those unlabeled images exactly as
+    `edgetl adapt` does it (see `edgetl adapt --help`); metrics.json records the adaptation
+    and, under "unadapted", the fine-tuned model's validation figures before it.
     """
     import edgetl
+    from edgetl.transfer.distributed import launched_rank
 
+    if launched_rank():  # under torchrun the other ranks stay quiet: rank 0 logs and prints the result
+        logging.getLogger("edgetl").setLevel(logging.WARNING)
+    if adapt_method is not None and target_images is None:
+        raise click.UsageError("--adapt needs --target-images DIR (the unlabeled field images to adapt to); pass it, "
+                               "or drop --adapt")
+    from edgetl.errors import EdgetlError
+    from edgetl.multitask import parse_assignments
+
+    try:  # NAME=VALUE syntax is usage (exit 2); what the values hold is checked by finetune
+        tasks = parse_assignments(tasks, "--task")
+        weights = {name: float(value) for name, value in parse_assignments(task_weights, "--task-weight").items()}
+    except (EdgetlError, ValueError) as exc:
+        raise click.UsageError(f"{exc}; --task-weight takes NAME=NUMBER" if isinstance(exc, ValueError) else str(exc))
     with progress_bars():
-        run = edgetl.finetune(data, out, **options)
+        run = edgetl.finetune(data, out, target_images=target_images, adapt=adapt_method, tasks=tasks,
+                              task_weights=weights, **options)
+    if launched_rank():
+        return
     print_metrics(f"{run.metrics['strategy']} · validation ({out})", run.metrics, as_json)
     if not as_json:
+        if "adaptation" in run.metrics:
+            _print_adaptation(run.metrics)
+        for name, m in (run.metrics.get("tasks") or {}).items():
+            click.echo(f"task {name}: top1 {m['top1']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f} on "
+                       f"{m['n']} validation images ({len(m['labels'])} labels)")
         click.echo(f"run written to {out}/ (model.pt, labels.txt, metrics.json, training_curve.png)")
 
 
@@ -105,46 +149,65 @@ def evaluate_run(run, data, out, as_json):
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--target-images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Unlabeled images from the field camera (searched recursively).")
-@click.option("--adapt", "method", type=click.Choice(["align", "coral", "adabn", "auto"]), default="auto",
+@click.option("--adapt", "method", type=click.Choice(ADAPT_METHODS), default="auto",
               show_default=True, help="align: embedding statistics folded into the head; coral: with correlations "
-                                      "(needs 2 images per embedding dimension); adabn: BatchNorm statistics; auto: "
-                                      "chosen without labels.")
+                                      "(needs 2 images per embedding dimension); adabn: BatchNorm statistics; dann: "
+                                      "domain-adversarial fine-tuning; auto: chosen without labels.")
 @click.option("--strength", type=FiniteFloat(0, 1), default=1.0, show_default=True,
               help="align/coral/adabn: from the run (0) to the full adaptation (1); auto chooses.")
 @click.option("--tolerance", type=FiniteFloat(0, 100), default=1.0, show_default=True,
               help="Points of source (selection split) top-1 the adapted model may lose; auto's filter.")
+@click.option("--dann-strategy", type=click.Choice(["partial", "full"]), default=None,
+              help="dann: train the run's top stages (its --unfreeze, 3) or all (default: the run's strategy if "
+                   "partial/full, else partial).")
+@click.option("--dann-epochs", type=click.IntRange(1, 1000), default=None,
+              help="dann: maximum epochs (default: the run's if it fine-tuned with that strategy, else 12/10).")
 @click.option("--cache-dir", default=None, help="Embedding cache (default $EDGETL_CACHE or ~/.cache/edgetl).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapted run folder to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the adaptation record as JSON.")
-def adapt_cmd(run, target_images, method, strength, tolerance, cache_dir, out, as_json):
+def adapt_cmd(run, target_images, method, strength, tolerance, dann_strategy, dann_epochs, cache_dir, out, as_json):
     """Adapt RUN to unlabeled field images; write a normal run (export it as usual).
 
     The adapted run records the method, its parameters and image counts in metrics.json
     ("adaptation"), the source run's data split, and "calibration_images" (the field images,
     for INT8 calibration). Its reported top1 is on the run's clean validation split.
 
+    dann trains the backbone (minutes on a CPU): source classification plus a domain
+    classifier behind a gradient reversal layer; it stops early on the selection split, or
+    when the domain classifier is at chance (edgetl/adapt/dann.py states the rule). auto
+    trains it too, as one of its candidates.
+
     \b
     Examples:
       edgetl adapt runs/a --target-images field/ --out runs/a-field
       edgetl adapt runs/a --target-images field/ --adapt align --strength 0.5 --out runs/a-field
+      edgetl adapt runs/a --target-images field/ --adapt dann --dann-strategy partial --out runs/a-dann
     """
     from edgetl.adapt import adapt_run
 
     if strength <= 0:
         raise click.BadParameter("must be above 0", param_hint="--strength")
+    dann = {k: v for k, v in (("strategy", dann_strategy), ("epochs", dann_epochs)) if v is not None}
     with progress_bars():
         adapted = adapt_run(run, target_images, method, out, strength=strength, tolerance=tolerance,
-                            cache_dir=cache_dir)
-    a = adapted.metrics["adaptation"]
+                            cache_dir=cache_dir, dann=dann)
     if as_json:
-        click.echo(json_text(a))
+        click.echo(json_text(adapted.metrics["adaptation"]))
         return
-    c = a["source_check"]
-    stdout.print(escape(f"{a['method']} (strength {a['strength']:g}) from {a['n_target']} target images; source "
-                        f"check on {c['n']} {c['split']} images: {100 * c['source_top1']:.1f}% -> "
-                        f"{100 * c['adapted_top1']:.1f}% ({'pass' if c['passed'] else 'over the tolerance'}); "
-                        f"clean val top1 {adapted.metrics['top1']:.4f} (source {a['source_top1']:.4f})"))
+    _print_adaptation(adapted.metrics)
     click.echo(f"adapted run written to {out}/")
+
+
+def _print_adaptation(metrics: dict) -> None:
+    """One line: the method, dann's stop, the source check and the clean validation score."""
+    a = metrics["adaptation"]
+    c = a["source_check"]
+    stop = a.get("training", {}).get("stopped")
+    stopped = f"; stopped after epoch {stop['after_epoch']} ({stop['rule']})" if stop else ""
+    stdout.print(escape(f"{a['method']} (strength {a['strength']:g}) from {a['n_target']} target images{stopped}; "
+                        f"source check on {c['n']} {c['split']} images: {100 * c['source_top1']:.1f}% -> "
+                        f"{100 * c['adapted_top1']:.1f}% ({'pass' if c['passed'] else 'over the tolerance'}); "
+                        f"clean val top1 {metrics['top1']:.4f} (source {a['source_top1']:.4f})"))
 
 
 @cli.command()
@@ -232,13 +295,14 @@ def rank_cmd(source: Path, candidates, val_split, seed, cache_dir, as_json):
 
 @cli.command("cache")
 @click.option("--cache-dir", default=None, help="Cache folder (default $EDGETL_CACHE or ~/.cache/edgetl).")
-@click.option("--clear", is_flag=True, help="Delete the cached embeddings and backbones.")
+@click.option("--clear", is_flag=True, help="Delete the cached embeddings, backbones and build stages.")
 def cache_cmd(cache_dir, clear):
-    """Show what the fine-tuning cache holds, or clear it.
+    """Show what the cache holds, or clear it.
 
     A linear probe embeds each image once per backbone and keeps the resolved pretrained
-    backbone, so a rerun over the same images takes seconds. Everything here can be
-    recomputed; clearing only makes the next run slow again.
+    backbone, so a rerun over the same images takes seconds; `edgetl build` keeps each
+    finished stage (fine-tune, export, verify, benchmark) under build/. Everything here can
+    be recomputed; clearing only makes the next run slow again.
 
     \b
     Examples:

@@ -12,7 +12,9 @@ for implicit INT8 on TensorRT 8.x. TensorRT reads Q/DQ pairs as the precision pl
 only INT8 path left in TensorRT 11), so the settings follow its Q/DQ placement guide:
 symmetric int8 weights (per output channel, stored as int8 initializers that a
 DequantizeLinear reads) and activations, zero points 0, float biases, Q/DQ on the inputs of
-convolutions and residual adds, a dedicated pair per consumer.
+convolutions and residual adds, a dedicated pair per consumer. The recovery ladder
+(edgetl/recovery.py, step c) may keep named nodes float (`float_nodes`: no Q/DQ, float32
+weights), listed in the file's metadata so `validate` tells them from missed convs.
 
 The engine itself is built on the device (edgetl/backends/engine.py); the device runs this
 format with the `tensorrt` backend, the host scores it with `onnxruntime`.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import shutil
@@ -273,79 +276,162 @@ TENSORRT_QDQ_OPS = ["Conv", "Add"]
 
 
 @dataclass(frozen=True)
+class QdqRanges:
+    """Activation ranges from one calibration pass: onnxruntime's JSON range cache, which
+    `quantize_qdq(ranges=...)` re-uses so several variants (the recovery ladder's float
+    blocks) quantize without calibrating again."""
+
+    cache: Path
+    method: str
+    samples: int
+
+
+@dataclass(frozen=True)
 class QdqResult:
     path: Path
     ranges: dict[str, tuple[float, float]]  # tensor -> (lowest, highest) from calibration
     method: str
     samples: int
+    float_nodes: tuple[str, ...] = ()  # nodes left unquantized (recovery step c)
 
 
-def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray],
-                 recipe: CalibrationRecipe, *, float_weights: bool = False) -> QdqResult:
+# Metadata key under which a QDQ ONNX lists the nodes kept float on purpose (JSON list), so
+# `validate` tells them from convs the quantizer missed, and a reader sees them in the file.
+FLOAT_NODES_KEY = "edgetl.float_nodes"
+
+
+def _prepared(fp32_onnx: str | Path, folder: Path) -> Path:
+    """Shape inference only: export_onnx already folded the graph, and re-optimizing would
+    rename tensors (and nodes) the range cache and `float_nodes` refer to."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = folder / "prepared.onnx"
+    quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
+    return prepared
+
+
+def calibrate_qdq(fp32_onnx: str | Path, calibration: Sequence[np.ndarray], recipe: CalibrationRecipe,
+                  cache_path: str | Path) -> QdqRanges:
+    """Collect the activation ranges of `fp32_onnx` on preprocessed NCHW `calibration` arrays.
+
+    Args:
+        fp32_onnx: the FP32 ONNX from `export_onnx`.
+        calibration: preprocessed NCHW float32 arrays, one or more images each.
+        recipe: the calibration recipe (its method).
+        cache_path: where onnxruntime's JSON range cache is written.
+
+    Returns:
+        The cache, the method and the image count, for `quantize_qdq(ranges=...)`.
+
+    Raises:
+        EdgetlError: no calibration images.
+    """
+    import onnx
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if not len(calibration):
+        raise EdgetlError("no calibration images: pass calibration data with images of the deployment classes")
+    method, calib_options = ort_calibration(recipe)
+    input_name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
+    arrays = np.concatenate([np.asarray(a, np.float32).reshape(-1, *np.shape(a)[-3:]) for a in calibration])
+    chatter = io.StringIO()
+    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp, \
+            contextlib.redirect_stdout(chatter):
+        calibrator = create_calibrator(_prepared(fp32_onnx, Path(tmp)), TENSORRT_QDQ_OPS,
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=method, extra_options=calib_options)
+        for start in range(0, len(arrays), CALIBRATION_CHUNK):
+            calibrator.collect_data(ArrayCalibrationReader(arrays[start:start + CALIBRATION_CHUNK], input_name))
+        data = calibrator.compute_data()
+        del calibrator
+        save_tensors_data(data, cache_path)
+    log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
+    return QdqRanges(Path(cache_path), recipe.method, len(arrays))
+
+
+def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray] | None,
+                 recipe: CalibrationRecipe, *, float_weights: bool = False, float_nodes: Sequence[str] = (),
+                 ranges: QdqRanges | None = None) -> QdqResult:
     """Write the INT8 QDQ ONNX of `fp32_onnx`, calibrated on preprocessed NCHW `calibration` arrays
     (made by `edgetl.core.preprocess.Preprocess`, as on the device).
 
     Args:
         fp32_onnx: the FP32 ONNX from `export_onnx`.
         out_path: where the QDQ ONNX is written.
-        calibration: preprocessed NCHW float32 arrays, one or more images each.
+        calibration: preprocessed NCHW float32 arrays, one or more images each (unused with `ranges`).
         recipe: the calibration recipe (method, per-channel weights).
         float_weights: keep each weight float behind a QuantizeLinear/DequantizeLinear pair
             (the form shipped before int8 initializers; as large as FP32). Only for
             benchmarks/bench_qdq.py's comparison: `validate` refuses it for a bundle.
+        float_nodes: node names of `fp32_onnx` to leave unquantized (onnxruntime's
+            `nodes_to_exclude`): their inputs get no Q/DQ pair and their weights stay float32.
+            Listed in the file's metadata (FLOAT_NODES_KEY) for `validate`.
+        ranges: activation ranges from `calibrate_qdq` on this `fp32_onnx` and recipe method,
+            used instead of calibrating again.
 
     Returns:
-        The written path, the calibration ranges per tensor, the method and the image count.
+        The written path, the calibration ranges per tensor, the method, the image count and
+        the float nodes.
 
     Raises:
-        EdgetlError: no calibration images, or the result fails onnx.checker.
+        EdgetlError: no calibration images, a float node the graph lacks, ranges of another
+            method, or the result fails onnx.checker.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.calibrate import load_tensors_data
 
-    if not len(calibration):
-        raise EdgetlError("no calibration images: pass calibration data with images of the deployment classes")
-    method, calib_options = ort_calibration(recipe)
-    model = onnx.load(str(fp32_onnx), load_external_data=False)
-    input_name = model.graph.input[0].name
-    arrays = np.concatenate([np.asarray(a, np.float32).reshape(-1, *np.shape(a)[-3:]) for a in calibration])
+    method, _ = ort_calibration(recipe)
+    if ranges is not None and ranges.method != recipe.method:
+        raise EdgetlError(f"ranges '{ranges.cache}' were calibrated with {ranges.method}, but recipe "
+                          f"'{recipe.name}' uses {recipe.method}; calibrate again with the recipe")
     out_path = Path(out_path)
+    float_nodes = tuple(dict.fromkeys(float_nodes))
     chatter = io.StringIO()
-    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp, \
-            contextlib.redirect_stdout(chatter):
-        # Shape inference only: export_onnx already folded the graph, and re-optimizing
-        # would rename tensors the calibration cache refers to.
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_onnx), str(prepared), skip_optimization=True)
-        calibrator = create_calibrator(prepared, TENSORRT_QDQ_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=method, extra_options=calib_options)
-        for start in range(0, len(arrays), CALIBRATION_CHUNK):
-            calibrator.collect_data(ArrayCalibrationReader(arrays[start:start + CALIBRATION_CHUNK], input_name))
-        data = calibrator.compute_data()
-        del calibrator
-        cache = Path(tmp) / "ranges.json"
-        save_tensors_data(data, cache)
-        quantize_static(
-            str(prepared), str(out_path), None,
-            op_types_to_quantize=TENSORRT_QDQ_OPS,
-            quant_format=QuantFormat.QDQ,
-            per_channel=recipe.per_channel_weights,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            extra_options={**TENSORRT_QDQ_OPTIONS, "AddQDQPairToWeight": float_weights},
-            calibration_cache_path=str(cache),
-        )
-    log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
-    ranges = {name: (float(np.asarray(td.range_value[0]).item()), float(np.asarray(td.range_value[1]).item()))
-              for name, td in data.data.items()}
+    with tempfile.TemporaryDirectory(prefix="edgetl-qdq-") as tmp:
+        if ranges is None:
+            ranges = calibrate_qdq(fp32_onnx, [] if calibration is None else calibration, recipe,
+                                   Path(tmp) / "ranges.json")
+        with quiet_root_logger(), contextlib.redirect_stdout(chatter):
+            prepared = _prepared(fp32_onnx, Path(tmp))
+            missing = set(float_nodes) - {n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node}
+            if missing:
+                raise EdgetlError(f"'{fp32_onnx}' has no node(s) {sorted(missing)[:3]} to keep float; "
+                                  "name nodes of that graph")
+            quantize_static(
+                str(prepared), str(out_path), None,
+                op_types_to_quantize=TENSORRT_QDQ_OPS,
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel_weights,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                nodes_to_exclude=list(float_nodes),
+                extra_options={**TENSORRT_QDQ_OPTIONS, "AddQDQPairToWeight": float_weights},
+                calibration_cache_path=str(ranges.cache),
+            )
+        data = load_tensors_data(ranges.cache)
+    log.debug("onnxruntime quantize_static: %s", chatter.getvalue().strip())
+    if float_nodes:
+        model = onnx.load(str(out_path))
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            FLOAT_NODES_KEY: json.dumps(list(float_nodes))})
+        onnx.save(model, str(out_path))
+    table = {name: (float(np.asarray(td.range_value[0]).item()), float(np.asarray(td.range_value[1]).item()))
+             for name, td in data.data.items()}
     try:
         onnx.checker.check_model(str(out_path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise EdgetlError(f"quantized '{out_path}' fails onnx.checker ({str(exc).splitlines()[0]})") from None
-    return QdqResult(out_path, ranges, recipe.method, len(arrays))
+    return QdqResult(out_path, table, recipe.method, ranges.samples, float_nodes)
+
+
+def float_nodes_of(model) -> list[str]:
+    """The nodes a QDQ ONNX (an onnx.ModelProto) keeps float on purpose (FLOAT_NODES_KEY), in order."""
+    for prop in model.metadata_props:
+        if prop.key == FLOAT_NODES_KEY:
+            return list(json.loads(prop.value))
+    return []
 
 
 def tensorrt_version_number(version: str) -> int:
@@ -417,14 +503,18 @@ def _io(path: Path, layout: str) -> dict:
     return {"input": {**entry(graph.input[0]), "layout": layout}, "output": entry(graph.output[0])}
 
 
+def _info(target) -> dict:
+    return {"exporter": EXPORTER, "opset": target.onnx_opset, "tensorrt": target.tensorrt,
+            "engine": "built on the device: edgetl-device build-engine BUNDLE"}
+
+
 def export(request: ExportRequest, out_path: Path) -> Exported:
     target = request.target
     if target is None or target.onnx_opset is None or target.tensorrt is None:
         raise EdgetlError("TensorRT export needs a target with 'tensorrt' and 'onnx_opset' (see targets/jetson-*.yaml)")
     if request.layout != "NCHW":
         raise EdgetlError(f"target '{target.name}': TensorRT bundles take NCHW input; set layout: NCHW in {target.path}")
-    info = {"exporter": EXPORTER, "opset": target.onnx_opset, "tensorrt": target.tensorrt,
-            "engine": "built on the device: edgetl-device build-engine BUNDLE"}
+    info = _info(target)
     # A fused model (backbone + head, `--fused`) outputs logits; the backbone its embedding.
     output_name = LOGITS_NAME if hasattr(request.module, "head") else EMBEDDING_NAME
     base = request.base
@@ -442,12 +532,37 @@ def export(request: ExportRequest, out_path: Path) -> Exported:
         return Exported(out_path, _io(out_path, request.layout), info)
     if request.precision != "int8":
         raise EdgetlError(f"TensorRT bundles are fp32, fp16 or int8, not '{request.precision}'")
-    result = quantize_qdq(base, out_path, request.calibration(), request.recipe)
+    exported = export_int8(base, out_path, request.recipe, target, request.layout, request.calibration())
+    exported.info.update(info)  # with the FP32 export's check against torch when it was made here
+    return exported
+
+
+def export_int8(base: Path, out_path: Path, recipe: CalibrationRecipe, target, layout: str,
+                calibration: Sequence[np.ndarray] | None = None, *, ranges: QdqRanges | None = None,
+                float_nodes: Sequence[str] = ()) -> Exported:
+    """The INT8 artifact of a TensorRT bundle from the FP32 ONNX `base`: the QDQ ONNX at
+    `out_path`, with the FP32 ONNX and a TensorRT calibration cache beside it (implicit INT8).
+
+    Args:
+        base: the FP32 ONNX from `export_onnx`.
+        out_path: where the QDQ ONNX is written.
+        recipe: the calibration recipe.
+        target: the Target (its TensorRT version names the cache header).
+        layout: the input layout (NCHW).
+        calibration: preprocessed calibration arrays (unused with `ranges`).
+        ranges: activation ranges from `calibrate_qdq` (the recovery ladder's variants).
+        float_nodes: nodes left unquantized (`quantize_qdq`).
+
+    Returns:
+        The Exported, its `info` naming the quantizer, the calibration and any float nodes.
+    """
+    result = quantize_qdq(base, out_path, calibration, recipe, float_nodes=float_nodes, ranges=ranges)
     cache = write_tensorrt_calibration_cache(result.ranges, out_path.with_name(f"{out_path.stem}.{CALIBRATION_CACHE}"),
                                              target.tensorrt)
     fp32 = out_path.with_name(f"{out_path.stem}.fp32.onnx")
     if Path(base).resolve() != fp32.resolve():
         shutil.copyfile(base, fp32)
+    info = _info(target)
     info.update({
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ, QInt8 weights and activations)",
         "calibration_method": result.method, "calibration_images": result.samples,
@@ -455,7 +570,12 @@ def export(request: ExportRequest, out_path: Path) -> Exported:
         "implicit_int8": {"onnx": fp32.name, "calibration_cache": cache.name,
                           "note": f"for TensorRT 8.x implicit INT8: trtexec --int8 --calib={cache.name}"},
     })
-    return Exported(out_path, _io(out_path, request.layout), info, extra_files={cache.name: cache, fp32.name: fp32})
+    if result.float_nodes:
+        info["float_nodes"] = list(result.float_nodes)
+        # The cache holds a range for every tensor, so implicit INT8 would quantize these too;
+        # only the QDQ ONNX (explicit precision, TensorRT's own INT8 path) keeps them float.
+        info["implicit_int8"]["note"] += "; it quantizes every layer, float_nodes included: use the QDQ ONNX"
+    return Exported(out_path, _io(out_path, layout), info, extra_files={cache.name: cache, fp32.name: fp32})
 
 
 def qdq_structure(path: Path) -> dict:
@@ -470,11 +590,16 @@ def qdq_structure(path: Path) -> dict:
         initializer: stored quantized); `convs_float_weight_qdq` (the weight is a float
         initializer behind a QuantizeLinear/DequantizeLinear pair: quantized at run time,
         stored float); `convs_float_bias` and `convs_with_bias`; `initializer_bytes` by
-        dtype ("int8", "float32", ...); and `ops`, the node count per op type.
+        dtype ("int8", "float32", ...); `ops`, the node count per op type; and for the nodes
+        the file keeps float on purpose (FLOAT_NODES_KEY, recovery step c): `float_nodes`
+        (their count), `convs_kept_float` (convs among them) and `convs_kept_float_plain`
+        (those with a float32 weight initializer and no Q/DQ on their input).
     """
     import onnx
 
-    graph = onnx.load(str(path)).graph
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept = set(float_nodes_of(model))
     producer = {out: n for n in graph.node for out in n.output}
     inits = {i.name: i for i in graph.initializer}
 
@@ -491,6 +616,10 @@ def qdq_structure(path: Path) -> dict:
     def float_behind_qdq(name: str) -> bool:
         return qdq_fed(name) and producer[producer[name].input[0]].input[0] in inits
 
+    def plain_float(conv) -> bool:
+        weight = inits.get(conv.input[1])
+        return not qdq_fed(conv.input[0]) and weight is not None and weight.data_type == onnx.TensorProto.FLOAT
+
     convs = [n for n in graph.node if n.op_type == "Conv"]
     sizes: Counter = Counter()
     for init in graph.initializer:
@@ -506,6 +635,9 @@ def qdq_structure(path: Path) -> dict:
                                 and inits[n.input[2]].data_type == onnx.TensorProto.FLOAT for n in convs),
         "convs_with_bias": sum(len(n.input) > 2 and bool(n.input[2]) for n in convs),
         "initializer_bytes": dict(sorted(sizes.items())),
+        "float_nodes": len(kept),
+        "convs_kept_float": sum(n.name in kept for n in convs),
+        "convs_kept_float_plain": sum(n.name in kept and plain_float(n) for n in convs),
     }
 
 
@@ -527,9 +659,18 @@ def validate(path: Path, precision: str) -> dict:
     if precision == "int8":
         s = qdq_structure(path)
         problem = None
-        if s["convs_qdq_activation"] != s["convs"] or s["convs_int8_weight"] != s["convs"]:
+        listed = set(float_nodes_of(model))
+        unknown = listed - {n.name for n in model.graph.node}
+        quantized = s["convs"] - s["convs_kept_float"]  # every conv but those kept float on purpose
+        if unknown:
+            problem = f"lists float nodes it lacks ({FLOAT_NODES_KEY}: {sorted(unknown)[:3]})"
+        elif s["convs_kept_float_plain"] != s["convs_kept_float"]:
+            problem = (f"quantizes {s['convs_kept_float'] - s['convs_kept_float_plain']} of the "
+                       f"{s['convs_kept_float']} convs its {FLOAT_NODES_KEY} lists as float")
+        elif s["convs_qdq_activation"] != quantized or s["convs_int8_weight"] != quantized:
             problem = (f"has Q/DQ on {s['convs_qdq_activation']} conv inputs and int8-stored weights on "
-                       f"{s['convs_int8_weight']} of {s['convs']} convs"
+                       f"{s['convs_int8_weight']} of {quantized} convs"
+                       + (f" ({s['convs_kept_float']} more kept float)" if s["convs_kept_float"] else "")
                        + (f" ({s['convs_float_weight_qdq']} keep float weights behind a Q/DQ pair, which TensorRT "
                           "takes but ships the model at FP32 size; quantize with float_weights=False)"
                           if s["convs_float_weight_qdq"] else ""))

@@ -101,13 +101,13 @@ def adapt(bundle: str | Path, images: list[str | Path] | str | Path, *, task: st
     seed = guardrail.check_seed(seed)
     items = [images] if isinstance(images, (str, Path)) else list(images)
     b = Bundle.open(bundle)
-    ref_emb, ref_labels = b.require_reference("the source statistics adapt aligns to")
+    ref_emb, ref_labels = b.require_reference("the source statistics adapt aligns to", task)
     store = b.heads(task)
     paths = collect_images([Path(i) for i in items])
     if len(paths) < min_images:
         raise EdgetlError(f"{len(paths)} usable image(s) given; adapt needs at least {min_images} unlabeled images "
                           "from this camera to estimate their statistics (add images or lower min_images)")
-    with store.writer(b.factory_head) as writer:
+    with store.writer() as writer:
         parent, _ = b.active_head(task)
         base = _base(store, store.index(), parent)  # the writer created the store if it was missing
         old = store.load(base)

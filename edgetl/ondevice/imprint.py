@@ -70,7 +70,7 @@ def add_class(bundle: str | Path, label: str, images: list[str | Path], *, task:
     if len(paths) < min_images:
         raise EdgetlError(f"class '{label}' has {len(paths)} usable image(s); add-class needs at least "
                           f"{min_images} (add images or lower min_images)")
-    with store.writer(b.factory_head) as writer:
+    with store.writer() as writer:
         parent, old = b.active_head(task)
         if label in old.labels:
             raise EdgetlError(f"class '{label}' is already in the active head (version {parent}); "
@@ -79,7 +79,7 @@ def add_class(bundle: str | Path, label: str, images: list[str | Path], *, task:
         t0 = time.perf_counter()
         new = imprint(old, emb, label)
         seconds = time.perf_counter() - t0
-        verdict = guardrail.check(old, new, {"reference": b.reference()}, tolerance)
+        verdict = guardrail.check(old, new, {"reference": b.reference(task)}, tolerance)
         support = guardrail.accuracy(new, emb, [label] * len(emb))
         metrics = {"images": len(paths), "support_accuracy": support, "fit_seconds": seconds,
                    "guardrail": verdict.to_dict()}

@@ -56,7 +56,7 @@ def rollback(bundle: str | Path, version: int | None = None, task: str = DEFAULT
     store = b.heads(task, repair=True)  # an index whose active version is not listed is what rollback repairs
     if not store.exists():
         raise EdgetlError(f"'{bundle}' has no head store; the factory head is already active")
-    with store.writer(b.factory_head) as writer:
+    with store.writer() as writer:
         index = store.index()
         active = index["active"]
         listed = [e["version"] for e in index["versions"]]

@@ -54,7 +54,7 @@ def retrain(bundle: str | Path, data: str | Path, *, task: str = DEFAULT_TASK, m
         check_label(label, f"class folder '{Path(data) / label}'")
     paths = [p for ps in classes.values() for p in ps]
     names = [label for label, ps in classes.items() for _ in ps]
-    with store.writer(b.factory_head) as writer:
+    with store.writer() as writer:
         parent, old = b.active_head(task)
         emb, digests = embed_files(b, paths, lambda: Backbone.open(b))
         t0 = time.perf_counter()
@@ -71,7 +71,7 @@ def retrain(bundle: str | Path, data: str | Path, *, task: str = DEFAULT_TASK, m
         new = Head(result.weight, result.bias, anchor.labels)
         seconds = time.perf_counter() - t0
         held_names = [names[i] for i in held]
-        verdict = guardrail.check(old, new, {"held-out": (emb[held], held_names), "reference": b.reference()},
+        verdict = guardrail.check(old, new, {"held-out": (emb[held], held_names), "reference": b.reference(task)},
                                   tolerance)
         held_metrics = classification_metrics(y_held, new.predict(emb[held]), list(new.labels))
         metrics = {"images": len(paths), "train": len(train), "held_out": len(held), "new_labels": new_labels,

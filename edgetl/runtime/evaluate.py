@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edgetl.bundle import DEFAULT_TASK
 from edgetl.core.metrics import classification_metrics
 from edgetl.core.progress import track
 from edgetl.core.scan import class_folders, scan_classes
@@ -70,13 +71,15 @@ def evaluate_items(predictor: Predictor, paths: Sequence, y_true: Sequence[int],
     return metrics_from_embeddings(predictor, embeddings, y_true, infer_s)
 
 
-def evaluate_folder(bundle_dir: str | Path, data_dir: str | Path, threads: int | None = None) -> dict:
+def evaluate_folder(bundle_dir: str | Path, data_dir: str | Path, threads: int | None = None,
+                    task: str = DEFAULT_TASK) -> dict:
     """Score a bundle on DATA/<class>/ images with the device runtime.
 
     Args:
         bundle_dir: the bundle folder.
-        data_dir: class folders named after the bundle's labels (or a folder with val/).
+        data_dir: class folders named after the task's labels (or a folder with val/).
         threads: inference threads (default: the target's).
+        task: which head of a multi-task bundle to score (DATA's folders are its labels).
 
     Returns:
         The metrics JSON: top1, balanced_accuracy, n, per_class, confusion, latency_ms, and
@@ -85,7 +88,7 @@ def evaluate_folder(bundle_dir: str | Path, data_dir: str | Path, threads: int |
     Raises:
         BundleError, EdgetlError: an untrusted bundle, a missing folder, unknown classes.
     """
-    predictor = Predictor.open(bundle_dir, threads=threads)
+    predictor = Predictor.open(bundle_dir, threads=threads, task=task)
     paths, y, skipped = labelled_images(data_dir, predictor.labels)
     metrics = evaluate_items(predictor, paths, y)
     m = predictor.manifest
@@ -95,6 +98,7 @@ def evaluate_folder(bundle_dir: str | Path, data_dir: str | Path, threads: int |
         "target": m.target_name,
         "precision": m.precision,
         "backend": m.backend,
+        "task": task,
         "head_version": predictor.head_version,
         "skipped": skipped,
     })

@@ -26,6 +26,9 @@ class Prediction:
     source: str
     timing_ms: dict = field(default_factory=dict)  # per image: preprocess, inference
     head_version: int = 0
+    # A multi-task bundle: every task's answer from the same embedding, name -> {label,
+    # score, head_version} (the predictor's own task included); empty for a one-task bundle.
+    tasks: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -58,6 +61,10 @@ class Predictor:
         else:
             self.head_version = 0
         self.head = head
+        # The other tasks' heads, each following its own store; a caller-given head (export
+        # scoring) is one head, alone.
+        self._others = {} if self._fixed_head else \
+            {t: _Followed(bundle, t) for t in bundle.tasks if t != task and len(bundle.tasks) > 1}
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, verify: bool = True,
@@ -128,7 +135,8 @@ class Predictor:
             batch_size: images per backend call.
 
         Returns:
-            One Prediction per image, in order.
+            One Prediction per image, in order; from a multi-task bundle each also holds every
+            task's label and score (`tasks`), all from the one embedding.
 
         Raises:
             BadImage: an image file is unreadable (its name and the reason in the message).
@@ -143,14 +151,46 @@ class Predictor:
             t0 = time.perf_counter()
             batch = self.prepare(chunk)
             t1 = time.perf_counter()
-            probs = softmax(self.head.logits(self.backbone.embed(batch)))
+            emb = self.backbone.embed(batch)
+            probs = softmax(self.head.logits(emb))
+            others = {t: (f.version, f.head.labels, softmax(f.head.logits(emb))) for t, f in self._current().items()}
             t2 = time.perf_counter()
             timing = {"preprocess": (t1 - t0) * 1e3 / len(chunk), "inference": (t2 - t1) * 1e3 / len(chunk)}
             for j, p in enumerate(probs):
                 order = np.argsort(-p)[:k]
                 src = chunk[j]
                 name = str(src) if isinstance(src, (str, Path)) else f"<image {start + j}>"
+                tasks = {}
+                for t in self.bundle.tasks if others else ():  # in the bundle's order, default first
+                    if t == self.task:
+                        tasks[t] = {"label": labels[order[0]], "score": float(p[order[0]]),
+                                    "head_version": self.head_version}
+                    else:
+                        version, t_labels, t_probs = others[t]
+                        best = int(np.argmax(t_probs[j]))
+                        tasks[t] = {"label": t_labels[best], "score": float(t_probs[j][best]), "head_version": version}
                 out.append(Prediction(labels[order[0]], int(order[0]), float(p[order[0]]),
                                       [(labels[i], float(p[i])) for i in order], name, dict(timing),
-                                      self.head_version))
+                                      self.head_version, tasks))
         return out
+
+    def _current(self) -> dict[str, "_Followed"]:
+        for followed in self._others.values():
+            followed.follow()
+        return self._others
+
+
+class _Followed:
+    """Another task's head in use, reloaded when its store's index is replaced."""
+
+    def __init__(self, bundle: Bundle, task: str):
+        self.bundle, self.task = bundle, task
+        self.store = bundle.heads(task)
+        self.key = self.store.state_key()
+        self.version, self.head = bundle.active_head(task)
+
+    def follow(self) -> None:
+        key = self.store.state_key()
+        if key != self.key:
+            self.version, self.head = self.bundle.active_head(self.task)
+            self.key = key

@@ -39,7 +39,8 @@ def state_digest(state: dict) -> str:
 class PretrainedBackbone:
     """`digest` and `state_dict()` are available at once; `module()` builds timm on demand."""
 
-    def __init__(self, spec: BackboneSpec, weights: str | None = "default", cache_dir: str | Path | None = None):
+    def __init__(self, spec: BackboneSpec, weights: str | None = "default", cache_dir: str | Path | None = None,
+                 write_cache: bool = True):
         self.spec = spec
         path, self.origin = locate_weights(spec, weights)
         self._module: nn.Module | None = None
@@ -53,7 +54,8 @@ class PretrainedBackbone:
             with torch.random.fork_rng(devices=[]):  # see module()
                 self._module, self.origin = create_backbone(spec.name, weights)
             self.digest = state_digest(self._module.state_dict())
-            self._save_snapshot()
+            if write_cache:  # off on torchrun's ranks other than 0: one writer per cache
+                self._save_snapshot()
 
     def _load_snapshot(self) -> bool:
         if self._snapshot is None or not self._snapshot.is_file():

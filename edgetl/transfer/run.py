@@ -21,6 +21,8 @@ from edgetl.bundle.writer import STAGE_MARK, clean_stale_staging
 from edgetl.core.fsutil import fsync_dir, ordinary_permissions, replace_dir
 from edgetl.data import SELECTION_MIN_CLASS_IMAGES, carve_selection, data_root, load_split
 from edgetl.errors import EdgetlError
+from edgetl.core.progress import reporting
+from edgetl.transfer import distributed
 from edgetl.transfer.config import DEFAULTS, STRATEGIES, FinetuneConfig
 from edgetl.transfer.features import EmbeddingCache
 from edgetl.transfer.pretrained import PretrainedBackbone
@@ -66,25 +68,43 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
 
     The files are written to a staging folder beside `out` and swapped into place together,
     so a run killed while writing leaves the earlier run whole, never a mix of both.
+
+    Launched by torchrun (`torchrun --nproc-per-node N -m edgetl.cli.host finetune ...`), the
+    N processes train as one (edgetl/transfer/distributed.py): rank 0 writes the run, reports
+    progress and returns the same metrics as every other rank.
     """
     if cfg.strategy not in STRATEGIES:
         raise EdgetlError(f"--strategy '{cfg.strategy}' is not one of {', '.join(STRATEGIES)}")
+    with distributed.session() as dist, reporting(None if dist.rank0 else _no_progress):
+        return _finetune(data, out, cfg, dist)
+
+
+def _no_progress(description: str, done: int, total: int) -> None:
+    """The progress callback of torchrun's ranks other than 0: one set of bars, rank 0's."""
+
+
+def _finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, dist: distributed.Context) -> dict:
     out = Path(out)
     out = out.resolve() if out.is_symlink() else out  # replace the folder a link points to, keep the link
-    check_run_destination(out)  # before the slow part, not after an hour of training
+    if dist.rank0:  # the only writer; if it refuses, torchrun stops the other ranks
+        check_run_destination(out)  # before the slow part, not after an hour of training
     started = time.perf_counter()
     seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # Under torchrun the ranks on one node share its cores.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
     data = data_root(data)
     spec = get_spec(cfg.backbone)
     preprocess = spec.preprocess("NCHW", cfg.input_size)
     log.info("%s: %d px input (resize to %d, centre crop)%s", spec.name, preprocess.size, preprocess.resize,
              "" if preprocess.size == spec.size else f"; its pretrained size is {spec.size}")
-    backbone = PretrainedBackbone(spec, cfg.weights, cfg.cache_dir)
+    backbone = PretrainedBackbone(spec, cfg.weights, cfg.cache_dir, write_cache=dist.rank0)
     cache = EmbeddingCache(backbone.digest, backbone.module, preprocess, cfg.cache_dir,
-                           about={"backbone": spec.name, "weights": backbone.origin, "preprocess": preprocess.to_dict()})
+                           about={"backbone": spec.name, "weights": backbone.origin, "preprocess": preprocess.to_dict()},
+                           dist=dist)
     # Files whose content is already embedded decoded fine before: the scan skips re-decoding them.
     split = carve_selection(load_split(data, cfg.val_split, cfg.seed, known_good=cache.contains))
+    dist.check_same({k: v for k, v in split.describe().items() if k.endswith("_files") or k == "labels"},
+                    f"list of images in '{split.root}'")
     log.info("data '%s' (%s): %d classes, %d train, %d selection, %d val images", split.root, split.layout,
              len(split.labels), len(split.train), len(split.selection), len(split.val))
     # Early stopping and the probe-vs-fine-tuned choice score the selection split; the
@@ -127,9 +147,14 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     seed_everything(cfg.seed)
     head = nn.Linear(spec.embedding_dim, len(split.labels))
     lp = DEFAULTS["linear"]
-    history = train_head(head, cfg.dropout, train_x, train_y, sel_x, sel_y, cfg,
-                         epochs if strategy == "linear" else lp["epochs"], lr if strategy == "linear" else lp["lr"],
-                         patience if strategy == "linear" else lp["patience"], split=sel_name)
+    history = None
+    if dist.rank0:  # seconds of work; the other ranks take its result, so all start fine-tuning alike
+        history = train_head(head, cfg.dropout, train_x, train_y, sel_x, sel_y, cfg,
+                             epochs if strategy == "linear" else lp["epochs"], lr if strategy == "linear" else lp["lr"],
+                             patience if strategy == "linear" else lp["patience"], split=sel_name)
+    if dist.is_distributed:
+        head_state, history = dist.broadcast((head.state_dict(), history))
+        head.load_state_dict(head_state)
     t_head = time.perf_counter() - t0 - t_embed
     # No refit on train + selection once the epoch is chosen. Export decisions score the
     # selection split as images the shipped model never trained on (edgetl/recovery.py,
@@ -150,13 +175,15 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
         probe = next(h for h in history if h.get("kept"))
         history += train_backbone(model, trainable, split.train, sel_items, preprocess, cfg, epochs, lr, patience,
                                   strategy, start=(probe["selection_balanced_accuracy"], probe["selection_loss"]),
-                                  split=sel_name)
-        if not any(h.get("kept") for h in history if h["phase"] == strategy):
+                                  split=sel_name, dist=dist)
+        if dist.rank0 and not any(h.get("kept") for h in history if h["phase"] == strategy):
             log.warning("%s: no epoch beat the linear probe it started from on the %s split (balanced "
                         "accuracy %.4f); keeping the linear-probe model (backbone unchanged). On data like "
                         "this, --strategy linear gives the same model in a fraction of the time", strategy,
                         sel_name, probe["selection_balanced_accuracy"])
-        logits = predict_logits(model, split.val, preprocess)
+        logits = predict_logits(model, split.val, preprocess, dist)
+    if not dist.rank0:
+        return dist.broadcast(None)  # rank 0 writes the run, then sends every rank its metrics
 
     metrics = classification_metrics(val_y, logits.argmax(1), split.labels)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +220,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
             "seconds": {"embedding": t_embed, "linear_head": t_head, "total": time.perf_counter() - started},
             "data": split.describe(),
         })
+        if dist.is_distributed:
+            metrics["distributed"] = dist.describe()
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
                                             encoding="utf-8")
         (stage / STAGE_MARK).unlink()
@@ -206,4 +235,4 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return metrics
+    return dist.broadcast(metrics)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 from torch.optim.adamw import adamw
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from edgetl.data import ImageDataset, train_transform
 from edgetl.transfer.config import FinetuneConfig
 from edgetl.transfer.cpu import CHUNK, as_input, channels_last, chunks
+from edgetl.transfer.distributed import Context
 from edgetl.core.progress import track
 from edgetl.transfer.strategies import param_groups, set_train_mode
 
@@ -137,19 +139,22 @@ def train_head(head: nn.Linear, dropout: float, train_x, train_y, sel_x, sel_y, 
     return history
 
 
-def predict_logits(model: nn.Module, items, preprocess) -> np.ndarray:
+def predict_logits(model: nn.Module, items, preprocess, dist: Context = Context()) -> np.ndarray:
+    """[N, classes] logits of `items` ((path, class) pairs) in eval mode. Under torchrun each
+    rank scores a contiguous share and every rank gets all the rows back, in order."""
     channels_last(model).eval()
-    loader = DataLoader(ImageDataset(items, preprocess), batch_size=CHUNK, shuffle=False)
-    out = []
+    loader = DataLoader(ImageDataset(items[dist.shard(len(items))], preprocess), batch_size=CHUNK, shuffle=False)
+    out = [np.zeros((0, model.head.out_features), np.float32)]  # a rank whose share is empty
     with torch.inference_mode():
         for x, _ in loader:
-            out.append(model(as_input(x)).numpy())
-    return np.concatenate(out)
+            out.append(model(as_input(x).to(dist.device)).cpu().numpy())
+    return dist.gather_rows(np.concatenate(out))
 
 
 def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, cfg: FinetuneConfig,
                    epochs: int, lr: float, patience: int, strategy: str,
-                   start: tuple[float, float] | None = None, split: str = "selection") -> list[dict]:
+                   start: tuple[float, float] | None = None, split: str = "selection",
+                   dist: Context = Context()) -> list[dict]:
     """Fine-tune the trainable stages and the head on augmented images.
 
     Args:
@@ -166,13 +171,18 @@ def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, 
             a model that is worse on the selection split than the probe it began from; if no
             epoch beats it, no history row is marked kept and the caller keeps the probe.
         split: the name of the split `sel_items` is, recorded in every history row.
+        dist: under torchrun, the process group: the model trains as DistributedDataParallel,
+            each rank on a 1/N share of every `cfg.batch_size` batch (so a step sees as many
+            images as in one process, and the same learning rates apply), and rank 0's
+            early-stopping decision is every rank's.
 
     Returns:
         One row per epoch (as `train_head`'s, plus seconds); the restored epoch's row has
         kept=True.
     """
     num_classes = model.head.out_features
-    channels_last(model)  # before the optimiser and the L2-SP reference capture the parameters
+    # To the device and channels-last before the optimiser and the L2-SP reference capture the parameters.
+    channels_last(model.to(dist.device))
     l2sp_ref = None
     if cfg.l2sp > 0:
         l2sp_ref = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if p.requires_grad}
@@ -182,8 +192,18 @@ def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     transform = train_transform(preprocess, cfg.augment)
-    loader = DataLoader(ImageDataset(train_items, preprocess, transform), batch_size=cfg.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(cfg.seed), num_workers=0)
+    dataset = ImageDataset(train_items, preprocess, transform)
+    if dist.is_distributed:
+        # Every rank gets as many images (the sampler pads by repeating a few), hence as many
+        # steps: a rank with one step more would wait for the others' gradients forever.
+        sampler = DistributedSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed)
+        loader = DataLoader(dataset, batch_size=-(-cfg.batch_size // dist.world_size), sampler=sampler,
+                            num_workers=0)
+    else:
+        sampler = None
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(cfg.seed), num_workers=0)
+    ddp = dist.wrap(model)  # the module trained through; `model` (unwrapped) is scored and saved
     sel_y = np.array([c for _, c in sel_items])
     stopper, history = EarlyStopping(patience), []
     if start is not None:
@@ -191,16 +211,24 @@ def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, 
     with track(f"{strategy} fine-tuning", epochs * len(loader)) as task:
         for epoch in range(epochs):
             t0 = time.perf_counter()
+            if sampler is not None:
+                sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
             set_train_mode(model)
             total, seen = 0.0, 0
             for x, y in loader:
+                x, y = x.to(dist.device), y.to(dist.device)
                 opt.zero_grad()
                 batch_loss = 0.0
-                for part in chunks(len(y)):  # gradients of the chunks add up to the batch's (cpu.py)
-                    loss = loss_fn(model(as_input(x[part])), y[part]) * (len(y[part]) / len(y))
-                    loss.backward()
+                parts = chunks(len(y))
+                for k, part in enumerate(parts):  # gradients of the chunks add up to the batch's (cpu.py)
+                    # DDP averages gradients across ranks once per step, in the last chunk's backward.
+                    with ddp.no_sync() if dist.is_distributed and k < len(parts) - 1 else nullcontext():
+                        loss = loss_fn(ddp(as_input(x[part])), y[part]) * (len(y[part]) / len(y))
+                        loss.backward()
                     batch_loss += loss.item()
                 if l2sp_ref is not None:
+                    # Outside DDP's reduction, which needs none: the penalty's gradient is the same
+                    # on every rank, as their weights are (tests/test_distributed.py checks they stay so).
                     penalty = 0.5 * cfg.l2sp * sum(((p - l2sp_ref[n]) ** 2).sum()
                                                    for n, p in model.backbone.named_parameters() if n in l2sp_ref)
                     penalty.backward()
@@ -210,16 +238,21 @@ def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, 
                 seen += len(y)
                 task.advance()
             sched.step()
-            logits = predict_logits(model, sel_items, preprocess)
-            pred = logits.argmax(1)
-            sel_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(sel_y)))
-            bacc = balanced_accuracy(sel_y, pred, num_classes)
-            history.append({"phase": strategy, "epoch": epoch, "split": split, "train_loss": total / seen,
-                            "selection_loss": sel_loss, "selection_top1": float((pred == sel_y).mean()),
-                            "selection_balanced_accuracy": bacc, "seconds": time.perf_counter() - t0})
-            log.info("epoch %d: train loss %.3f, %s top1 %.3f, balanced %.3f", epoch, total / seen, split,
-                     history[-1]["selection_top1"], bacc)
-            if stopper.update(bacc, sel_loss, epoch, model):
+            total, seen = dist.sum([total, seen])
+            logits = predict_logits(model, sel_items, preprocess, dist)
+            row = None
+            if dist.rank0:
+                pred = logits.argmax(1)
+                sel_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(sel_y)))
+                row = {"phase": strategy, "epoch": epoch, "split": split, "train_loss": total / seen,
+                       "selection_loss": sel_loss, "selection_top1": float((pred == sel_y).mean()),
+                       "selection_balanced_accuracy": balanced_accuracy(sel_y, pred, num_classes),
+                       "seconds": time.perf_counter() - t0}
+            row = dist.broadcast(row)  # rank 0's scores decide on every rank: no rank stops alone
+            history.append(row)
+            log.info("epoch %d: train loss %.3f, %s top1 %.3f, balanced %.3f", epoch, row["train_loss"], split,
+                     row["selection_top1"], row["selection_balanced_accuracy"])
+            if stopper.update(row["selection_balanced_accuracy"], row["selection_loss"], epoch, model):
                 break
     model.load_state_dict(stopper.best_state)
     if stopper.best_epoch >= 0:
