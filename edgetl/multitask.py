@@ -25,16 +25,13 @@ import csv
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl.bundle.manifest import DEFAULT_TASK, TASK_NAME, check_label
-from edgetl.bundle.writer import STAGE_MARK, clean_stale_staging
-from edgetl.core.fsutil import atomic_write_json, fsync_dir, ordinary_permissions, replace_dir
+from edgetl.core.fsutil import atomic_write_json, staged_replace
 from edgetl.core.images import IMAGE_SUFFIXES
 from edgetl.core.metrics import classification_metrics
 from edgetl.core.scan import class_folders
@@ -278,25 +275,12 @@ def _rewrite_run(run_dir: Path, heads: dict, metrics: dict) -> None:
     from edgetl.model import save_task_heads
 
     out = run_dir.resolve() if run_dir.is_symlink() else run_dir
-    clean_stale_staging(out.parent, out.name)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.run-", dir=out.parent))
-    try:
-        (stage / STAGE_MARK).touch()
+    with staged_replace(out) as stage:
         for path in out.iterdir():
             if path.is_file():
                 shutil.copy2(path, stage / path.name)
         save_task_heads(stage / "model.pt", heads)
         atomic_write_json(stage / "metrics.json", metrics)
-        (stage / STAGE_MARK).unlink()
-        ordinary_permissions(stage)
-        for path in stage.iterdir():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(stage)
-        replace_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def task_labels(run_dir: str | Path, split: str = "val") -> dict[str, dict[Path, str]]:

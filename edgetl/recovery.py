@@ -29,6 +29,7 @@ stopping at the first step that passes is a sequential test on it, which the man
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -158,6 +159,21 @@ def training_side(plan) -> tuple[list, list, list, list, str]:
     return train_paths, train_y, sel_paths, sel_y, source
 
 
+def head_adapted(run_dir: Path) -> str | None:
+    """Why the head must not be re-fitted, or None: an `align`/`coral` run (edgetl adapt) holds
+    its adaptation to the field in the head, and a refit on the source training images would
+    undo it (seen: an adapted demo run's INT8 export "recovered" to the unadapted head)."""
+    try:
+        adaptation = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8")).get("adaptation")
+    except (OSError, ValueError, AttributeError):
+        return None
+    method = adaptation.get("method") if isinstance(adaptation, dict) else None
+    if method in ("align", "coral"):
+        return (f"the run is adapted to field images by '{method}', which lives in its head; a refit on the "
+                "source training images would undo it")
+    return None
+
+
 # -- measuring -------------------------------------------------------------------------------
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     num = (a * b).sum(axis=1)
@@ -170,6 +186,7 @@ class _Ladder:
         self.x = x
         p = x.plan
         self.fit_paths, self.fit_y, self.sel_paths, self.sel_y, self.slice_source = training_side(p)
+        self.keep_head = head_adapted(p.run_dir)
         self.fp32_top1 = x.metrics["fp32"]["top1"]
         self.tolerance = p.target.accuracy_tolerance_pts
         self.fp32_slice = None
@@ -184,8 +201,11 @@ class _Ladder:
         return _cosine(emb, self.fp32_slice), seconds * 1e3 / max(1, len(self.sel_paths))
 
     def refit(self, pred: Predictor) -> tuple[Head, dict]:
-        """The head re-fitted on `pred`'s embeddings of the training images (slice-selected)."""
+        """The head re-fitted on `pred`'s embeddings of the training images (slice-selected);
+        the run's own head when its adaptation lives in the head (`head_adapted`)."""
         x = self.x
+        if self.keep_head:
+            return x.head, {"skipped": self.keep_head}
         fit_emb = embed_paths(pred, self.fit_paths, description="recovery: embedding training images")[0]
         sel_emb = embed_paths(pred, self.sel_paths, description="recovery: embedding the slice")[0]
         fit_y, sel_y = np.asarray(self.fit_y), np.asarray(self.sel_y)
@@ -383,7 +403,9 @@ def _climb(x: LadderInput, ladder: _Ladder, settle, skip) -> None:
     p = x.plan
     original = _Candidate(x.quantized, p.recipe, f"the exported {p.precision} backbone, head re-fitted on its "
                                                   "embeddings of the training images")
-    if settle("a", "head refit", original):
+    if ladder.keep_head:
+        skip("a", "head refit", ladder.keep_head)
+    elif settle("a", "head refit", original):
         return
 
     # b. calibration: rank the variants on the slice, score the best one if it beats the original.

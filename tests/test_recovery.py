@@ -244,3 +244,19 @@ def test_quantize_qdq_refuses_unknown_float_nodes_and_other_methods_ranges(fp32_
         quantize_qdq(fp32_onnx.path, tmp_path / "a.onnx", None, minmax, ranges=ranges, float_nodes=["/no/such/Conv"])
     with pytest.raises(EdgetlError, match="calibrated with minmax"):
         quantize_qdq(fp32_onnx.path, tmp_path / "b.onnx", None, load_recipe("entropy"), ranges=ranges)
+
+
+def test_an_adapted_head_is_never_refitted_on_source_images(tmp_path):
+    """align/coral fold the field adaptation into the head: step a (and the refit under b-d)
+    would fit it back to the source training images, so the ladder keeps the run's head."""
+    from edgetl.recovery import head_adapted
+
+    assert head_adapted(tmp_path) is None  # no metrics.json
+    for method, kept in (("align", True), ("coral", True), ("adabn", False), ("dann", False)):
+        (tmp_path / "metrics.json").write_text(json.dumps({"top1": 0.9, "adaptation": {"method": method}}))
+        reason = head_adapted(tmp_path)
+        assert (reason is not None) == kept, method
+        if kept:
+            assert method in reason and "undo" in reason
+    (tmp_path / "metrics.json").write_text(json.dumps({"top1": 0.9}))
+    assert head_adapted(tmp_path) is None

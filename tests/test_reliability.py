@@ -101,7 +101,7 @@ def cli_export(trained_run, int8_bundle, tmp_path_factory):
     """One real `edgetl export` (umask 022) over a copy of the INT8 bundle, beside staging
     folders a killed export left: a stale one, a recent one, one without the marker and a
     stale one of another bundle name."""
-    from edgetl.bundle.writer import STAGE_MARK, STALE_AFTER_S
+    from edgetl.core.fsutil import STAGE_MARK, STALE_AFTER_S
 
     parent = tmp_path_factory.mktemp("dist")
     out = copy_bundle(int8_bundle, parent / "rpi5")

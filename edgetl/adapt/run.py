@@ -46,9 +46,8 @@ from edgetl.adapt.dann import DannConfig, train_dann
 from edgetl.adapt.features import embedding_cache, run_record
 from edgetl.adapt.features import target_images as target_images_of
 from edgetl.api import Run
-from edgetl.bundle.writer import STAGE_MARK, clean_stale_staging
+from edgetl.core.fsutil import STAGE_MARK, clean_stale_staging, staged_replace
 from edgetl.core import align
-from edgetl.core.fsutil import fsync_dir, ordinary_permissions, replace_dir
 from edgetl.core.metrics import classification_metrics
 from edgetl.core.progress import ProgressCallback, reporting
 from edgetl.data import carve_selection, split_from_record
@@ -279,11 +278,7 @@ def _write(out: Path, ctx: _Context, cand: _Candidate, metrics: dict) -> None:
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(np.asarray(cand.weight, np.float32)))
         head.bias.copy_(torch.from_numpy(np.asarray(cand.bias, np.float32)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_staging(out.parent, out.name)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.run-", dir=out.parent))
-    try:
-        (stage / STAGE_MARK).touch()
+    with staged_replace(out, before_swap=lambda: check_run_destination(out)) as stage:
         save_run(stage / "model.pt", spec=loaded.spec, labels=loaded.labels, preprocess=loaded.preprocess,
                  weights_origin=loaded.weights_origin, strategy=loaded.strategy,
                  dropout=float(loaded.model.dropout.p), backbone_state=cand.backbone.state_dict(), head=head)
@@ -292,17 +287,6 @@ def _write(out: Path, ctx: _Context, cand: _Candidate, metrics: dict) -> None:
         if curve.is_file():  # the source run's training; adaptation trains nothing
             shutil.copyfile(curve, stage / "training_curve.png")
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (stage / STAGE_MARK).unlink()
-        ordinary_permissions(stage)
-        for path in stage.iterdir():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(stage)
-        check_run_destination(out)
-        replace_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def _check_strength(strength) -> float:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from edgetl.bundle import Bundle
 from edgetl.bundle.manifest import MANIFEST, BundleError, Manifest
-from edgetl.bundle.writer import STAGE_MARK, check_destination, clean_stale_staging
-from edgetl.core.fsutil import ordinary_permissions, replace_dir
+from edgetl.bundle.writer import check_destination
+from edgetl.core.fsutil import staged_replace
 
 log = logging.getLogger("edgetl")
 
@@ -40,22 +39,15 @@ def install_bundle(src: Path, dest: Path) -> bool:
         except BundleError:
             log.warning("'%s' holds this bundle's manifest but a damaged file; copying it again", dest)
     check_destination(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_staging(dest.parent, dest.name)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.build-", dir=dest.parent))
-    try:
-        (stage / STAGE_MARK).touch()  # a killed copy is cleaned up by the next writer here
+
+    def accepted_then_checked() -> None:
+        Bundle.open(stage)  # what a device will accept
+        check_destination(dest)  # again: a device may have retrained in it meanwhile
+
+    with staged_replace(dest, "build", before_swap=accepted_then_checked) as stage:
         for name in [*Manifest.read(src).files, MANIFEST]:
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / name, stage / name)
-        (stage / STAGE_MARK).unlink()
-        ordinary_permissions(stage)
-        Bundle.open(stage)  # what a device will accept
-        check_destination(dest)  # again: a device may have retrained in it meanwhile
-        replace_dir(stage, dest)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return True
 
 

@@ -22,32 +22,13 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from edgetl.bundle.manifest import MANIFEST, READABLE_SCHEMAS, SCHEMA_VERSION, BundleError, Manifest
-from edgetl.core.fsutil import atomic_write_json, fsync_dir, ordinary_permissions, replace_dir, sha256_file
+from edgetl.core.fsutil import (STAGE_MARK, atomic_write_json, clean_stale_staging, fsync_dir,
+                                 ordinary_permissions, replace_dir, sha256_file)
 
 log = logging.getLogger("edgetl")
-
-STAGE_MARK = ".edgetl-staging"  # a file inside every staging folder: what makes it safe to delete
-STALE_AFTER_S = 3600  # a staging folder untouched this long belongs to a dead writer
-
-
-def clean_stale_staging(parent: Path, name: str) -> None:
-    """Remove staging folders of `name` that a killed writer left in `parent`."""
-    now = time.time()
-    prefix = f".{name}."  # not a glob: an out name may hold '[' or '*'. Export and finetune stage here.
-    for path in parent.iterdir():
-        if not path.name.startswith(prefix):
-            continue
-        try:
-            if path.is_dir() and (path / STAGE_MARK).is_file() and now - path.stat().st_mtime > STALE_AFTER_S:
-                shutil.rmtree(path, ignore_errors=True)
-                log.info("removed '%s', left by an interrupted export or finetune", path)
-        except OSError:
-            continue
-
 
 def head_versions(bundle_dir: Path) -> int:
     """How many head versions beyond the factory head v0 the store in `bundle_dir` holds."""

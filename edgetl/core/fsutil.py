@@ -7,10 +7,19 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger("edgetl")
+
+STAGE_MARK = ".edgetl-staging"  # a file inside every staging folder: what makes it safe to delete
+STALE_AFTER_S = 3600  # a staging folder untouched this long belongs to a dead writer
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -102,3 +111,46 @@ def replace_dir(new: Path, dest: Path) -> None:
     else:
         new.rename(dest)  # rename(2) replaces a missing or empty folder in one step
     fsync_dir(dest.parent)
+
+
+def clean_stale_staging(parent: Path, name: str) -> None:
+    """Remove staging folders of `name` that a killed writer left in `parent`."""
+    now = time.time()
+    prefix = f".{name}."  # not a glob: an out name may hold '[' or '*'. Export and finetune stage here.
+    for path in parent.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        try:
+            if path.is_dir() and (path / STAGE_MARK).is_file() and now - path.stat().st_mtime > STALE_AFTER_S:
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed '%s', left by an interrupted export or finetune", path)
+        except OSError:
+            continue
+
+
+@contextmanager
+def staged_replace(out: Path, kind: str = "run", before_swap: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Write a folder whole or not at all: yields a fresh staging folder beside `out`; when the
+    block ends normally its files are synced to disk and the folder replaces `out` in one swap
+    (`replace_dir`), after `before_swap()` (a last check of the destination). On any error,
+    or a kill (STAGE_MARK lets the next writer delete it), `out` is untouched.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(out.parent, out.name)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
+    try:
+        (stage / STAGE_MARK).touch()
+        yield stage
+        (stage / STAGE_MARK).unlink()
+        ordinary_permissions(stage)
+        for path in stage.rglob("*"):  # on disk before the swap: a power cut cannot swap in empty files
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        fsync_dir(stage)
+        if before_swap is not None:
+            before_swap()
+        replace_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

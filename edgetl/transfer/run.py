@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,8 +15,7 @@ from torch import nn
 
 from edgetl.backbones import get_spec
 from edgetl.bundle.manifest import MANIFEST
-from edgetl.bundle.writer import STAGE_MARK, clean_stale_staging
-from edgetl.core.fsutil import fsync_dir, ordinary_permissions, replace_dir
+from edgetl.core.fsutil import staged_replace
 from edgetl.data import SELECTION_MIN_CLASS_IMAGES, carve_selection, data_root, load_split
 from edgetl.errors import EdgetlError
 from edgetl.core.progress import reporting
@@ -186,11 +183,8 @@ def _finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, dist: dist
         return dist.broadcast(None)  # rank 0 writes the run, then sends every rank its metrics
 
     metrics = classification_metrics(val_y, logits.argmax(1), split.labels)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_staging(out.parent, out.name)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.run-", dir=out.parent))
-    try:
-        (stage / STAGE_MARK).touch()  # lets a later writer delete this folder if we are killed
+    # check_run_destination again before the swap: something may have been put there during training.
+    with staged_replace(out, before_swap=lambda: check_run_destination(out)) as stage:
         save_run(stage / "model.pt", spec=spec, labels=split.labels, preprocess=preprocess,
                  weights_origin=backbone.origin, strategy=strategy, dropout=cfg.dropout,
                  backbone_state=backbone.state_dict(), head=head)
@@ -224,15 +218,4 @@ def _finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, dist: dist
             metrics["distributed"] = dist.describe()
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
                                             encoding="utf-8")
-        (stage / STAGE_MARK).unlink()
-        ordinary_permissions(stage)
-        for path in stage.iterdir():  # on disk before the swap, so a power cut cannot swap in empty files
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(stage)
-        check_run_destination(out)  # again: something may have been put there during training
-        replace_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return dist.broadcast(metrics)
