@@ -294,12 +294,9 @@ def _refit_tasks(p: _Plan, w: BundleWriter, manifest: Manifest, exported, heads:
     to its FP32 head; the L2 strength and the stopping step are chosen on the selection slice.
     As the ladder does, the refit replaces the head (in `heads`, `metrics` and its staged file)
     only when it passes the gate; `metrics["tasks"][task]["refit"]` records it either way."""
-    from dataclasses import replace
-
     from edgetl.core.metrics import classification_metrics
     from edgetl.multitask import task_labels
-    from edgetl.ondevice.fit import fit_softmax
-    from edgetl.recovery import REFIT, REFIT_L2, training_side
+    from edgetl.recovery import refit_head, training_side
 
     fit_paths, _, sel_paths, _, source = training_side(p)
     known = task_labels(p.run_dir, "train")
@@ -319,9 +316,7 @@ def _refit_tasks(p: _Plan, w: BundleWriter, manifest: Manifest, exported, heads:
         index = {label: i for i, label in enumerate(head.labels)}
         fit_y = np.asarray([index[by_file[Path(q)]] for q in fit_paths])
         sel_y = np.asarray([index[by_file[Path(q)]] for q in sel_paths])
-        l2, r = min(((l2, fit_softmax(fit_emb, fit_y, sel_emb, sel_y, head.weight, head.bias, replace(REFIT, l2=l2)))
-                     for l2 in REFIT_L2), key=lambda c: c[1].val_loss)
-        new = Head(r.weight.astype(np.float32), r.bias.astype(np.float32), head.labels)
+        new, l2, r = refit_head(head, fit_emb, fit_y, sel_emb, sel_y)
         scored = classification_metrics(truth[name], new.predict(embeddings), list(head.labels))
         drop = (metrics["tasks"][name]["fp32"]["top1"] - scored["top1"]) * 100.0
         passed = drop <= p.target.accuracy_tolerance_pts

@@ -174,6 +174,20 @@ def head_adapted(run_dir: Path) -> str | None:
     return None
 
 
+def refit_head(anchor: Head, fit_emb: np.ndarray, fit_y: np.ndarray, sel_emb: np.ndarray,
+               sel_y: np.ndarray) -> tuple[Head, float, Any]:
+    """Step a's fit: `anchor` re-fitted on (quantized-backbone) embeddings of the training
+    images, pulled toward itself; each L2 strength of REFIT_L2 tried, the lowest loss on the
+    selection slice wins (the first on a tie). Returns (head, its l2, the FitResult)."""
+    best = None
+    for l2 in REFIT_L2:
+        r = fit_softmax(fit_emb, fit_y, sel_emb, sel_y, anchor.weight, anchor.bias, replace(REFIT, l2=l2))
+        if best is None or r.val_loss < best[1].val_loss - 1e-9:
+            best = (l2, r)
+    l2, r = best
+    return Head(r.weight.astype(np.float32), r.bias.astype(np.float32), anchor.labels), l2, r
+
+
 # -- measuring -------------------------------------------------------------------------------
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     num = (a * b).sum(axis=1)
@@ -209,13 +223,7 @@ class _Ladder:
         fit_emb = embed_paths(pred, self.fit_paths, description="recovery: embedding training images")[0]
         sel_emb = embed_paths(pred, self.sel_paths, description="recovery: embedding the slice")[0]
         fit_y, sel_y = np.asarray(self.fit_y), np.asarray(self.sel_y)
-        best = None
-        for l2 in REFIT_L2:
-            r = fit_softmax(fit_emb, fit_y, sel_emb, sel_y, x.head.weight, x.head.bias, replace(REFIT, l2=l2))
-            if best is None or r.val_loss < best[1].val_loss - 1e-9:
-                best = (l2, r)
-        l2, r = best
-        head = Head(r.weight.astype(np.float32), r.bias.astype(np.float32), x.head.labels)
+        head, l2, r = refit_head(x.head, fit_emb, fit_y, sel_emb, sel_y)
         slice_top1 = float(np.mean(head.predict(sel_emb) == sel_y))
         return head, {"l2": l2, "best_step": r.best_step, "steps": r.steps, "slice_loss": round(r.val_loss, 5),
                       "slice_top1": slice_top1, "fit_images": len(fit_y), "slice_images": len(sel_y)}

@@ -133,16 +133,22 @@ def test_adapted_run_is_a_normal_run_with_its_record(trained_run, aligned_run, f
     assert metrics["n"] == len(field["record"]["val_files"])
 
 
+def quarter_of_field(field: dict, tmp_path: Path) -> Path:
+    """Every fourth shifted training image, linked into one unlabeled folder."""
+    target = tmp_path / "target"
+    target.mkdir()
+    for p in sorted(Path(field["train"]).rglob("*.jpg"))[::4]:
+        (target / f"{p.parent.name}-{p.name}").symlink_to(p)
+    return target
+
+
 @pytest.mark.slow
 def test_adabn_changes_only_batchnorm_running_statistics(trained_run, field, tmp_path):
     import torch
 
     import edgetl.adapt
 
-    target = tmp_path / "target"
-    target.mkdir()
-    for p in sorted(Path(field["train"]).rglob("*.jpg"))[::4]:  # a quarter: AdaBN runs the backbone
-        (target / f"{p.parent.name}-{p.name}").symlink_to(p)
+    target = quarter_of_field(field, tmp_path)  # a quarter: AdaBN runs the backbone
     run = edgetl.adapt.adapt_run(trained_run, target, "adabn", tmp_path / "adabn")
     assert run.metrics["adaptation"]["method"] == "adabn"
     assert run.metrics["adaptation"]["map"]["statistics"] == "anchored"
@@ -307,10 +313,7 @@ def test_dann_run_exports(dann_run):
 def test_auto_weighs_dann_with_the_other_candidates(trained_run, field, tmp_path):
     import edgetl.adapt
 
-    target = tmp_path / "target"
-    target.mkdir()
-    for p in sorted(Path(field["train"]).rglob("*.jpg"))[::4]:  # a quarter: every candidate embeds them
-        (target / f"{p.parent.name}-{p.name}").symlink_to(p)
+    target = quarter_of_field(field, tmp_path)  # a quarter: every candidate embeds them
     run = edgetl.adapt.adapt_run(trained_run, target, "auto", tmp_path / "auto", dann={"epochs": 1, "unfreeze": 1})
     auto = run.metrics["adaptation"]["auto"]
     assert {"method": "dann", "strength": 1.0} in [{k: t[k] for k in ("method", "strength")} for t in auto["tried"]]
