@@ -15,6 +15,7 @@ torchrun then stops the others (a peer's closed connection also ends their colle
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from contextlib import contextmanager
@@ -162,6 +163,18 @@ def session() -> Iterator[Context]:
         ctx = replace(ctx, backend=str(tdist.get_backend()))
     try:
         yield ctx
-    finally:
-        if created:
+    except BaseException:
+        if created:  # no barrier: the peers may be stuck in a collective that will never complete
             tdist.destroy_process_group()
+        raise
+    if created:
+        _leave_together()
+
+
+def _leave_together() -> None:
+    """Tear the group down only once every rank is done with it. A rank that destroyed its gloo
+    group while a peer still finished the last collective, or while a DDP reducer still held the
+    group, died with SIGABRT ("terminate called without an active exception") in one CI run."""
+    gc.collect()  # drop DDP reducers (reference cycles) before the group they point at
+    tdist.barrier()
+    tdist.destroy_process_group()
