@@ -11,6 +11,8 @@ of the shift's noise):
      plain), and `--adapt auto`: top-1 on the shifted validation images (target) and on the
      clean ones (clean val). align/coral/AdaBN use the same statistics `edgetl adapt` does
      (source: the run's training images; target: the unlabeled shifted ones).
+  3a. `--adapt selftrain` (edgetl adapt, its defaults) on every dataset/seed: target and
+     clean-val top-1, the student's stop, the source check, the wall time.
   3b. `--adapt dann` (edgetl adapt with its defaults, partial from the linear run) on the
      `--dann` dataset/seed pairs: target and clean-val top-1, the stop rule, the epochs, the
      source check, the wall time.
@@ -164,6 +166,21 @@ def dann(ctx: dict, work: Path, epochs: int | None) -> dict:
             "history": a["training"]["history"], "seconds": round(seconds, 1)}
 
 
+def selftrain(ctx: dict, work: Path) -> dict:
+    """`edgetl adapt RUN --adapt selftrain` (teacher: align + adabn; student: the head)."""
+    import edgetl.adapt
+    from edgetl.evaluate import evaluate_run_on_folder
+
+    out_dir = work / "adapted" / f"{ctx['run'].name}-selftrain"
+    t0 = time.perf_counter()
+    run = edgetl.adapt.adapt_run(ctx["run"], ctx["target_dir"], "selftrain", out_dir)
+    seconds = time.perf_counter() - t0
+    a = run.metrics["adaptation"]
+    return {"target": evaluate_run_on_folder(out_dir, ctx["val_dir"])["top1"], "clean": run.metrics["top1"],
+            "stopped": a["training"]["stopped"], "map": a["map"], "source_check": a["source_check"],
+            "seconds": round(seconds, 1)}
+
+
 def device_figures(ctx: dict, work: Path, subset: int) -> dict:
     """Device adapt vs host align, and the drift test's alarm rates (seed 0)."""
     import edgetl
@@ -259,7 +276,8 @@ def main(work: Path, datasets: str, seeds: str, drift_subset: int, target_max: i
             is_heavy = key in heavy.split(",")
             for step, fn in (("host", lambda: host_methods(ctx, is_heavy)), ("auto", lambda: auto(ctx, work)),
                              ("device", lambda: device_figures(ctx, work, drift_subset)),
-                             ("dann", lambda: dann(ctx, work, dann_epochs))):
+                             ("dann", lambda: dann(ctx, work, dann_epochs)),
+                             ("selftrain", lambda: selftrain(ctx, work))):
                 if step in entry or (step == "dann" and key not in dann_pairs.split(",")) \
                         or (step in ("auto", "device") and not is_heavy) or (step == "device" and seed != 0):
                     continue
@@ -271,8 +289,8 @@ def main(work: Path, datasets: str, seeds: str, drift_subset: int, target_max: i
 
 
 def table(results: dict) -> None:
-    rows = ["source-only", "align", "align 0.5", "coral", "adabn", "adabn plain", "auto", "dann"]
-    own = ("auto", "dann")  # steps of their own, not host_methods' rows
+    rows = ["source-only", "align", "align 0.5", "coral", "adabn", "adabn plain", "selftrain", "auto", "dann"]
+    own = ("selftrain", "auto", "dann")  # steps of their own, not host_methods' rows
     for dataset in sorted({k.split("/")[0] for k in results}):
         entries = [v for k, v in sorted(results.items()) if k.startswith(dataset + "/") and "host" in v]
         print(f"\n{dataset}: target top1 mean [min, max] | clean val top1 mean [min, max] (seeds)")

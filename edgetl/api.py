@@ -93,7 +93,7 @@ def finetune(data: str | Path, out: str | Path, *, target_images: str | Path | N
             from edgetl.adapt import finetune_adapted
 
             return finetune_adapted(data, out, cfg, target_images, adapt or "auto")
-        metrics = run_finetune(data, out, cfg)
+        metrics = run_finetune(data, out, cfg, tuple(specs), (task_weights or {}).get("default", 1.0))
         from edgetl.transfer.distributed import launched_rank
 
         if specs and launched_rank() == 0:  # under torchrun: once, by the rank that wrote the run

@@ -14,9 +14,9 @@ Joint training: with the backbone frozen (`linear`) the weighted multi-task loss
 sum_t w_t * L_t(head_t) is separable, each head appearing in one term only, so fitting every
 head on its own minimises it for any positive weights w_t: per-task heads on the shared
 embeddings are exactly joint training, and `--task-weight` changes nothing. With `partial` or
-`full` the backbone is fine-tuned on the primary task and the extra heads are fitted on it
-(metrics.json `tasks_training` says which); fine-tuning the backbone jointly, with the weights
-shaping it, is not implemented yet.
+`full` the backbone is fine-tuned on the weighted sum of every task's loss, so the weights
+decide how much each task shapes the shared embedding (edgetl/transfer/joint.py; metrics.json
+`joint_training`), and each extra head is then fitted here on the final backbone.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ log = logging.getLogger("edgetl")
 TRAINING = {
     "linear": "joint: per-task heads on the frozen backbone's shared embeddings (the weighted loss is separable, "
               "so these heads minimise it for any positive task weights)",
-    "fine-tuned": "heads on the primary task's backbone",
+    "joint": "joint: the backbone fine-tuned on the weighted sum of every task's loss (edgetl/transfer/joint.py), "
+             "then each task's head fitted on the final backbone",
+    "probe kept": "per-task heads on the pretrained backbone: no joint fine-tuning epoch beat the linear probes on "
+                  "the selection split, so the backbone was kept unchanged",
 }
 
 
@@ -263,7 +266,9 @@ def fit_task_heads(run_dir: str | Path, specs: Sequence[TaskSpec], cfg, default_
         results[spec.name] = m
 
     metrics["tasks"] = results
-    metrics["tasks_training"] = TRAINING["linear" if linear else "fine-tuned"]
+    # A fine-tune whose epochs never beat the probe keeps the pretrained backbone (run.py).
+    metrics["tasks_training"] = TRAINING["linear" if linear else "joint" if metrics.get("kept_phase") != "linear"
+                                         else "probe kept"]
     metrics["task_weights"] = {DEFAULT_TASK: float(default_weight), **{s.name: s.weight for s in specs}}
     _rewrite_run(run_dir, heads, metrics)
     return results

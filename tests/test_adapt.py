@@ -165,14 +165,67 @@ def test_adabn_changes_only_batchnorm_running_statistics(trained_run, field, tmp
         assert torch.equal(source["head"][key], adapted["head"][key])
 
 
+def test_confident_per_class_keeps_the_surest_share_of_every_class():
+    from edgetl.adapt.selftrain import confident_per_class, teacher_probabilities
+
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3], [0.45, 0.55]])
+    # class 0: four images, the surest half (0.9, 0.8); class 1: one image, kept (at least one a class)
+    assert confident_per_class(probs, 0.5).tolist() == [0, 2, 4]
+    averaged = teacher_probabilities({"a": np.array([[10.0, 0.0]]), "b": np.array([[0.0, 10.0]])})
+    np.testing.assert_allclose(averaged, [[0.5, 0.5]])
+
+
+@pytest.fixture(scope="session")
+def selftrained_run(trained_run, field, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("adapted") / "selftrain"
+    proc = run_cli(EDGETL, "adapt", trained_run, "--target-images", field["train"], "--adapt", "selftrain",
+                   "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_selftrain_gains_on_the_camera_and_keeps_clean_accuracy(trained_run, aligned_run, selftrained_run, field):
+    """The student head learns the field images without giving up the source images: on the demo
+    camera it beats align on the shifted split and stays near the run on the clean one."""
+    source, adapted = (json.loads((d / "metrics.json").read_text()) for d in (trained_run, selftrained_run))
+    before, after = _top1(trained_run, field["val"]), _top1(selftrained_run, field["val"])
+    aligned = _top1(aligned_run, field["val"])
+    print(f"shifted val top1: source {before:.3f}, align {aligned:.3f}, selftrain {after:.3f}; clean "
+          f"{source['top1']:.3f} -> {adapted['top1']:.3f}")
+    assert after >= before + 0.1 and after >= aligned
+    assert adapted["top1"] >= source["top1"] - 0.05
+
+
+@pytest.mark.slow
+def test_selftrain_changes_only_the_head_and_records_its_teacher(trained_run, selftrained_run, field):
+    import torch
+
+    source = torch.load(trained_run / "model.pt", weights_only=True)
+    adapted = torch.load(selftrained_run / "model.pt", weights_only=True)
+    for name, tensor in source["backbone_state"].items():
+        assert torch.equal(tensor, adapted["backbone_state"][name]), name
+    assert not torch.equal(source["head"]["weight"], adapted["head"]["weight"])
+    a = json.loads((selftrained_run / "metrics.json").read_text())["adaptation"]
+    n_target = len(field["record"]["train_files"]) + len(field["record"]["selection_files"])
+    assert a["method"] == "selftrain" and a["map"]["n_target"] == n_target
+    assert 0 < a["map"]["pseudo_labelled"] <= n_target and sum(a["map"]["pseudo_label_counts"]) == a["map"]["pseudo_labelled"]
+    assert a["map"]["n_source"] == len(field["record"]["train_files"])
+    history = a["training"]["history"]
+    assert history and {row["split"] for row in history} == {"selection"}  # early stopping never reads val
+    assert sum(1 for row in history if row.get("kept")) == 1
+
+
 @pytest.mark.slow
 def test_bad_requests_are_clear_errors(trained_run, field, tmp_path):
     import edgetl.adapt
 
-    with pytest.raises(EdgetlError, match="not one of align, coral, adabn, dann, auto"):
+    with pytest.raises(EdgetlError, match="not one of align, coral, adabn, dann, selftrain, auto"):
         edgetl.adapt.adapt_run(trained_run, field["train"], "sgd", tmp_path / "x")
     with pytest.raises(EdgetlError, match="strength applies to align, coral and adabn"):
         edgetl.adapt.adapt_run(trained_run, field["train"], "dann", tmp_path / "x", strength=0.5)
+    with pytest.raises(EdgetlError, match="selftrain's extent is set by its training"):
+        edgetl.adapt.adapt_run(trained_run, field["train"], "selftrain", tmp_path / "x", strength=0.5)
     with pytest.raises(EdgetlError, match="dann has no option 'momentum'"):
         edgetl.adapt.adapt_run(trained_run, field["train"], "dann", tmp_path / "x", dann={"momentum": 0.9})
     with pytest.raises(EdgetlError, match="coral needs at least 2560 target images"):

@@ -197,12 +197,63 @@ def test_task_options_are_checked(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuned_run_fits_task_heads_on_its_backbone(parity_csv, tmp_path):
-    """partial: the backbone follows the primary task; the parity head is fitted on it."""
+    """partial with a task: the backbone trains on both tasks' weighted loss, every epoch scores
+    both on the selection split, and the parity head is fitted on the final backbone."""
     import edgetl
     from edgetl.model import load_run
+    from edgetl.multitask import TRAINING
 
     run = edgetl.finetune(DEMO, tmp_path / "run", strategy="partial", unfreeze=1, epochs=1, seed=0,
-                          tasks={"parity": parity_csv})
-    assert run.metrics["tasks_training"] == "heads on the primary task's backbone"
+                          tasks={"parity": parity_csv}, task_weights={"parity": 2.0})
+    assert run.metrics["joint_training"]["loss_weights"] == {"default": 1.0, "parity": 2.0}
+    tuned = [h for h in run.metrics["history"] if h["phase"] == "partial"]
+    assert tuned and set(tuned[0]["selection_tasks"]) == {"default", "parity"}
+    row = tuned[0]
+    weighted = (row["selection_tasks"]["default"]["balanced_accuracy"]
+                + 2 * row["selection_tasks"]["parity"]["balanced_accuracy"]) / 3
+    assert row["selection_joint_score"] == pytest.approx(weighted)
+    assert row["selection_tasks"]["default"]["balanced_accuracy"] == pytest.approx(row["selection_balanced_accuracy"])
+    expected = TRAINING["joint"] if run.metrics["kept_phase"] == "partial" else TRAINING["probe kept"]
+    assert run.metrics["tasks_training"] == expected
     assert run.metrics["tasks"]["parity"]["n"] == run.metrics["n"]
     assert set(load_run(run.path).tasks) == {"parity"}
+
+
+@pytest.mark.slow
+def test_task_weights_shape_the_jointly_fine_tuned_backbone():
+    """The same images, seed and steps: only the parity task's loss weight differs (0.01 vs 10),
+    and the trained backbone stages come out different; the loss is the weighted sum."""
+    import numpy as np
+    import torch
+
+    from edgetl.backbones import get_spec
+    from edgetl.data import carve_selection, load_split
+    from edgetl.transfer.config import FinetuneConfig
+    from edgetl.transfer.joint import JointClassifier, JointTasks, joint_items
+    from edgetl.transfer.pretrained import PretrainedBackbone
+    from edgetl.transfer.strategies import freeze_for
+    from edgetl.transfer.train import train_backbone
+
+    split = carve_selection(load_split(DEMO, 0.2, 0))
+    spec = get_spec("tf_efficientnet_lite0")
+    parity = {row.split(",")[0]: row.split(",")[1] for row in parity_rows()}
+    states = {}
+    for weight in (0.01, 10.0):
+        tasks = JointTasks(["default", "parity"], [1.0, weight], [list(split.labels), ["even", "odd"]])
+        items = joint_items(split.train[:32], split.root, tasks, [parity])
+        sel = joint_items(split.selection, split.root, tasks, [parity])
+        torch.manual_seed(0)
+        model = JointClassifier(PretrainedBackbone(spec).module(), spec.embedding_dim,
+                                torch.nn.Linear(spec.embedding_dim, len(split.labels)), 0.2,
+                                [torch.nn.Linear(spec.embedding_dim, 2)])
+        history = train_backbone(model, freeze_for("partial", model.backbone, 1), items, sel,
+                                 spec.preprocess("NCHW"), FinetuneConfig(batch_size=16, seed=0), epochs=1, lr=1e-2,
+                                 patience=5, strategy="partial", joint=tasks)
+        assert history[0]["kept"] and set(history[0]["selection_tasks"]) == {"default", "parity"}
+        states[weight] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        logits, y = torch.randn(4, len(split.labels) + 2), torch.tensor([[0, 1], [1, 0], [2, 1], [3, 0]])
+        expected = torch.nn.functional.cross_entropy(logits[:, :-2], y[:, 0]) + \
+            weight * torch.nn.functional.cross_entropy(logits[:, -2:], y[:, 1])
+        assert torch.allclose(tasks.loss(logits, y, 0.0), expected)
+    changed = [k for k in states[0.01] if not torch.equal(states[0.01][k], states[10.0][k])]
+    assert changed and all(np.isfinite(states[10.0][k].numpy()).all() for k in changed)

@@ -13,9 +13,12 @@ builds its bundle unchanged: one backbone + one head.
           and the head from the run's weights (edgetl.adapt.dann): source classification
           plus a gradient-reversed domain classifier on the embedding; early stopping on
           the selection split, and a stop when the domain classifier is at chance.
-  auto    each method at the largest strength that passes the source check (dann: its one
-          model), plus no adaptation; the lowest information-maximisation score on the
-          target images wins.
+  selftrain  the head re-trained on the labelled training images plus the target images,
+          pseudo-labelled by a teacher (align and adabn averaged); the backbone untouched, so
+          the one head serves source-like and field images alike (edgetl.adapt.selftrain).
+  auto    each method at the largest strength that passes the source check (dann, selftrain:
+          their one model), plus no adaptation; the lowest information-maximisation score on
+          the target images wins.
 
 The source check (every method, recorded; auto's filter): the adapted model must lose at
 most `tolerance` points of top-1 against the run on labelled *source* images of the
@@ -45,6 +48,7 @@ from edgetl.adapt import adabn
 from edgetl.adapt.dann import DannConfig, train_dann
 from edgetl.adapt.features import embedding_cache, run_record
 from edgetl.adapt.features import target_images as target_images_of
+from edgetl.adapt.selftrain import teacher_probabilities, train_student
 from edgetl.api import Run
 from edgetl.core.fsutil import STAGE_MARK, clean_stale_staging, staged_replace
 from edgetl.core import align
@@ -59,7 +63,8 @@ from edgetl.transfer.run import check_run_destination
 
 log = logging.getLogger("edgetl")
 
-METHODS = ("align", "coral", "adabn", "dann", "auto")
+METHODS = ("align", "coral", "adabn", "dann", "selftrain", "auto")
+ONE_MODEL = ("dann", "selftrain")  # trained, not a map: no strength
 # auto tries each method at these strengths, strongest first, and keeps the first that passes
 # the source check. Measured on hymenoptera seeds 0-2 (Lite0, docs/benchmarks.md): full
 # alignment gained 16.5 points on the shifted camera and cost 2.2 on clean validation images
@@ -71,12 +76,12 @@ CORAL_IMAGES_PER_DIM = 2  # CORAL needs n_target >= 2 D (see `_coral_allowed`)
 AUTO_CRITERION = ("lowest information-maximisation score (mean per-image entropy minus the entropy of the mean "
                   "prediction) of the adapted model on the target images, among the candidates whose source "
                   f"check loses at most the tolerance; each method at the largest strength of {list(STRENGTHS)} "
-                  "that passes (dann: its one trained model), and no adaptation")
+                  "that passes (dann, selftrain: their one trained model), and no adaptation")
 
 
 @dataclass
 class _Candidate:
-    method: str  # align | coral | adabn | dann | none
+    method: str  # align | coral | adabn | dann | selftrain | none
     strength: float
     weight: np.ndarray
     bias: np.ndarray
@@ -84,7 +89,7 @@ class _Candidate:
     info: dict = field(default_factory=dict)
     check: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)  # dann: history, stop rule, options
+    training: dict = field(default_factory=dict)  # dann, selftrain: history, stop rule, options
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float64) @ self.weight.T.astype(np.float64) + self.bias
@@ -225,10 +230,38 @@ def _dann(ctx: _Context, cfg: DannConfig, tolerance: float) -> _Candidate:
     return cand
 
 
+def _selftrain(ctx: _Context, tolerance: float, bn: list) -> _Candidate:
+    """The student head: trained on the training images (labels) and the target images (the
+    teacher's labels), early-stopped on the selection split; the run's backbone unchanged."""
+    if not bn:
+        bn.append(_BatchNorm(ctx))
+    full = align.per_dimension(align.Moments.of(ctx.source_x), align.Moments.of(ctx.target_x))
+    w_align, b_align = align.fold(ctx.weight, ctx.bias, full)
+    module = copy.deepcopy(bn[0].module)
+    bn[0].shift.apply(module, 1.0)
+    probs = teacher_probabilities({"align": ctx.target_x @ w_align.T + b_align,
+                                   "adabn": ctx.embed(module, ctx.target, "target images (adabn teacher)")
+                                   @ ctx.weight.T + ctx.bias})
+    sel = [p for p, _ in ctx.split.selection]
+    sel_x = ctx.cache.embed(sel, "embedding selection images") if sel else ctx.check_x
+    sel_y = np.array([y for _, y in ctx.split.selection]) if sel else ctx.check_y
+    student = train_student(ctx.weight, ctx.bias, ctx.source_x, np.array([y for _, y in ctx.split.train]),
+                            full.inverse().apply(ctx.source_x), ctx.target_x, probs, sel_x, sel_y, ctx.metrics,
+                            float(ctx.loaded.model.dropout.p))
+    cand = _Candidate("selftrain", 1.0, student.weight, student.bias, ctx.loaded.backbone, student.info,
+                      training={"history": student.history, "stopped": student.stopped})
+    cand.check = ctx.source_check(cand, ctx.check_x, tolerance)
+    if ctx.check_name.endswith("+ train"):
+        cand.check["note"] = "selftrain trained on the training images in this check; the selection part is held out"
+    return cand
+
+
 def _build(ctx: _Context, method: str, strength: float, tolerance: float, bn: list,
            dann: DannConfig | None = None) -> _Candidate:
     if method == "dann":
         return _dann(ctx, dann, tolerance)
+    if method == "selftrain":
+        return _selftrain(ctx, tolerance, bn)
     if method == "align":
         full = align.per_dimension(align.Moments.of(ctx.source_x), align.Moments.of(ctx.target_x))
         return _affine(ctx, "align", full, strength, tolerance)
@@ -253,11 +286,11 @@ def _none(ctx: _Context, tolerance: float) -> _Candidate:
 
 
 def _auto(ctx: _Context, tolerance: float, bn: list, dann: DannConfig | None) -> tuple[_Candidate, dict]:
-    methods = ["align", "adabn", "dann"] + ([] if _coral_allowed(ctx) else ["coral"])
+    methods = ["selftrain", "align", "adabn", "dann"] + ([] if _coral_allowed(ctx) else ["coral"])
     chosen = [_none(ctx, tolerance)]
     tried = []
     for method in methods:
-        for strength in STRENGTHS if method != "dann" else (1.0,):  # dann has no strength: one model
+        for strength in STRENGTHS if method not in ONE_MODEL else (1.0,):
             cand = _build(ctx, method, strength, tolerance, bn, dann)
             tried.append({"method": method, "strength": strength, "drop_points": cand.check["drop_points"],
                           "passed": cand.check["passed"]})
@@ -300,9 +333,9 @@ def _check_request(method: str, strength, tolerance, dann: dict | None) -> float
     if method not in METHODS:
         raise EdgetlError(f"--adapt '{method}' is not one of {', '.join(METHODS)}")
     strength = _check_strength(strength)
-    if method == "dann" and strength != 1.0:
-        raise EdgetlError("strength applies to align, coral and adabn; dann's extent is set by its training "
-                          "(epochs, the lambda schedule, the stop rules). Leave strength at 1")
+    if method in ONE_MODEL and strength != 1.0:
+        raise EdgetlError(f"strength applies to align, coral and adabn; {method}'s extent is set by its training "
+                          "(its epochs and stop rules). Leave strength at 1")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance <= 100:
         raise EdgetlError(f"tolerance must be a number of points from 0 to 100, not {tolerance!r}")
     unknown = sorted(set(dann or {}) - set(DannConfig.__dataclass_fields__))
@@ -331,10 +364,11 @@ def adapt_run(run: str | Path | Run, target_images: str | Path, method: str = "a
         target_images: a folder of unlabeled field images (searched recursively).
         method: align (per-dimension embedding statistics, folded into the head), coral (with
             correlations; needs 2 x embedding-width images), adabn (BatchNorm statistics), dann
-            (domain-adversarial fine-tuning) or auto (see the module docstring).
+            (domain-adversarial fine-tuning), selftrain (the head re-trained on source labels and
+            the target images' pseudo-labels) or auto (see the module docstring).
         out: the adapted run folder to write (new, empty, or an earlier run).
         strength: for align, coral, adabn: how far from the run (0) to the full adaptation (1)
-            to go; auto chooses it; dann takes none (1).
+            to go; auto chooses it; dann and selftrain take none (1).
         tolerance: points of source top-1 the adapted model may lose in the source check
             (recorded for every method; auto only considers candidates within it).
         cache_dir: the embedding cache (default: $EDGETL_CACHE or ~/.cache/edgetl).

@@ -15,7 +15,7 @@ from edgetl.exporter import ExportConfig
 from edgetl.transfer.config import FinetuneConfig
 
 # edgetl.adapt.METHODS, spelt here so that `edgetl --help` imports no torch (tests/test_adapt.py checks they agree).
-ADAPT_METHODS = ("align", "coral", "adabn", "dann", "auto")
+ADAPT_METHODS = ("align", "coral", "adabn", "dann", "selftrain", "auto")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -152,7 +152,9 @@ def evaluate_run(run, data, out, as_json):
 @click.option("--adapt", "method", type=click.Choice(ADAPT_METHODS), default="auto",
               show_default=True, help="align: embedding statistics folded into the head; coral: with correlations "
                                       "(needs 2 images per embedding dimension); adabn: BatchNorm statistics; dann: "
-                                      "domain-adversarial fine-tuning; auto: chosen without labels.")
+                                      "domain-adversarial fine-tuning; selftrain: the head re-trained on the source labels "
+                                      "and the field images' pseudo-labels (keeps clean accuracy); auto: chosen "
+                                      "without labels.")
 @click.option("--strength", type=FiniteFloat(0, 1), default=1.0, show_default=True,
               help="align/coral/adabn: from the run (0) to the full adaptation (1); auto chooses.")
 @click.option("--tolerance", type=FiniteFloat(0, 100), default=1.0, show_default=True,

@@ -24,6 +24,8 @@ from edgetl.transfer.config import DEFAULTS, STRATEGIES, FinetuneConfig
 from edgetl.transfer.features import EmbeddingCache
 from edgetl.transfer.pretrained import PretrainedBackbone
 from edgetl.transfer.strategies import backbone_stages, choose_strategy, freeze_for
+from edgetl.transfer.joint import JointClassifier
+from edgetl.transfer.joint import setup as joint_setup
 from edgetl.transfer.train import predict_logits, train_backbone, train_head
 from edgetl.core.metrics import classification_metrics
 from edgetl.model import Classifier, save_run
@@ -60,7 +62,8 @@ def check_run_destination(out: Path) -> None:
                           "delete them. Move them out, or pass a new or empty folder as the run folder")
 
 
-def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneConfig()) -> dict:
+def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneConfig(), tasks: tuple = (),
+             default_weight: float = 1.0) -> dict:
     """Train on `data`, write RUN/model.pt, labels.txt, metrics.json, training_curve.png.
 
     The files are written to a staging folder beside `out` and swapped into place together,
@@ -69,18 +72,23 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig = FinetuneCo
     Launched by torchrun (`torchrun --nproc-per-node N -m edgetl.cli.host finetune ...`), the
     N processes train as one (edgetl/transfer/distributed.py): rank 0 writes the run, reports
     progress and returns the same metrics as every other rank.
+
+    With extra `tasks` (`edgetl.multitask.TaskSpec`) and a partial or full strategy, the
+    backbone trains on every task's weighted loss (edgetl/transfer/joint.py; the primary's
+    weight is `default_weight`); their heads are fitted afterwards (`multitask.fit_task_heads`).
     """
     if cfg.strategy not in STRATEGIES:
         raise EdgetlError(f"--strategy '{cfg.strategy}' is not one of {', '.join(STRATEGIES)}")
     with distributed.session() as dist, reporting(None if dist.rank0 else _no_progress):
-        return _finetune(data, out, cfg, dist)
+        return _finetune(data, out, cfg, dist, tuple(tasks), default_weight)
 
 
 def _no_progress(description: str, done: int, total: int) -> None:
     """The progress callback of torchrun's ranks other than 0: one set of bars, rank 0's."""
 
 
-def _finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, dist: distributed.Context) -> dict:
+def _finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, dist: distributed.Context, tasks: tuple = (),
+              default_weight: float = 1.0) -> dict:
     out = Path(out)
     out = out.resolve() if out.is_symlink() else out  # replace the folder a link points to, keep the link
     if dist.rank0:  # the only writer; if it refuses, torchrun stops the other ranks
@@ -161,24 +169,33 @@ def _finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, dist: dist
     # of 142/143/145 of 153 on hymenoptera (seeds 0-2) and 384 = 384 of 411 on the digits
     # (bench_finetune.py --refit-study; docs/benchmarks.md "Honest selection (issue 16)").
 
+    joint = None  # several tasks fine-tuned together (partial/full with extra tasks)
     if strategy == "linear":
         with torch.no_grad():
             logits = head(torch.from_numpy(val_x)).numpy()
     else:
-        model = Classifier(backbone.module(), spec.embedding_dim, len(split.labels), cfg.dropout, head=head)
+        probe = next(h for h in history if h.get("kept"))
+        start = (probe["selection_balanced_accuracy"], probe["selection_loss"])
+        train_items, fit_sel_items = split.train, sel_items
+        if tasks:
+            joint, task_heads, train_items, fit_sel_items, start = joint_setup(
+                tasks, default_weight, split, sel_items, train_x, sel_x, head, cfg, dist)
+            model = JointClassifier(backbone.module(), spec.embedding_dim, head, cfg.dropout, task_heads)
+            log.info("joint %s fine-tuning of %d tasks, loss weights %s", strategy, len(joint.names),
+                     dict(zip(joint.names, joint.weights)))
+        else:
+            model = Classifier(backbone.module(), spec.embedding_dim, len(split.labels), cfg.dropout, head=head)
         trainable = freeze_for(strategy, model.backbone, cfg.unfreeze)
         log.info("%s: top %d of %d backbone stages train; BatchNorm keeps its pretrained running statistics",
                  strategy, len(trainable), len(backbone_stages(model.backbone)))
-        probe = next(h for h in history if h.get("kept"))
-        history += train_backbone(model, trainable, split.train, sel_items, preprocess, cfg, epochs, lr, patience,
-                                  strategy, start=(probe["selection_balanced_accuracy"], probe["selection_loss"]),
-                                  split=sel_name, dist=dist)
+        history += train_backbone(model, trainable, train_items, fit_sel_items, preprocess, cfg, epochs, lr,
+                                  patience, strategy, start=start, split=sel_name, dist=dist, joint=joint)
         if dist.rank0 and not any(h.get("kept") for h in history if h["phase"] == strategy):
-            log.warning("%s: no epoch beat the linear probe it started from on the %s split (balanced "
-                        "accuracy %.4f); keeping the linear-probe model (backbone unchanged). On data like "
-                        "this, --strategy linear gives the same model in a fraction of the time", strategy,
-                        sel_name, probe["selection_balanced_accuracy"])
-        logits = predict_logits(model, split.val, preprocess, dist)
+            log.warning("%s: no epoch beat the linear probe it started from on the %s split (%s %.4f); keeping the "
+                        "linear-probe model (backbone unchanged). On data like this, --strategy linear gives the "
+                        "same model in a fraction of the time", strategy, sel_name,
+                        "balanced accuracy" if joint is None else "tasks' weighted balanced accuracy", start[0])
+        logits = predict_logits(model, split.val, preprocess, dist)[:, :len(split.labels)]  # the primary head's
     if not dist.rank0:
         return dist.broadcast(None)  # rank 0 writes the run, then sends every rank its metrics
 
@@ -216,6 +233,8 @@ def _finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, dist: dist
         })
         if dist.is_distributed:
             metrics["distributed"] = dist.describe()
+        if joint is not None:
+            metrics["joint_training"] = joint.describe()
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
                                             encoding="utf-8")
     return dist.broadcast(metrics)

@@ -144,7 +144,8 @@ def predict_logits(model: nn.Module, items, preprocess, dist: Context = Context(
     rank scores a contiguous share and every rank gets all the rows back, in order."""
     channels_last(model).eval()
     loader = DataLoader(ImageDataset(items[dist.shard(len(items))], preprocess), batch_size=CHUNK, shuffle=False)
-    out = [np.zeros((0, model.head.out_features), np.float32)]  # a rank whose share is empty
+    width = sum(h.out_features for h in [model.head, *getattr(model, "task_heads", [])])
+    out = [np.zeros((0, width), np.float32)]  # a rank whose share is empty
     with torch.inference_mode():
         for x, _ in loader:
             out.append(model(as_input(x).to(dist.device)).cpu().numpy())
@@ -154,7 +155,7 @@ def predict_logits(model: nn.Module, items, preprocess, dist: Context = Context(
 def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, cfg: FinetuneConfig,
                    epochs: int, lr: float, patience: int, strategy: str,
                    start: tuple[float, float] | None = None, split: str = "selection",
-                   dist: Context = Context()) -> list[dict]:
+                   dist: Context = Context(), joint=None) -> list[dict]:
     """Fine-tune the trainable stages and the head on augmented images.
 
     Args:
@@ -175,6 +176,10 @@ def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, 
             each rank on a 1/N share of every `cfg.batch_size` batch (so a step sees as many
             images as in one process, and the same learning rates apply), and rank 0's
             early-stopping decision is every rank's.
+        joint: several tasks at once (`edgetl.transfer.joint.JointTasks`): `model` is a
+            JointClassifier, every item's class is a label vector, the loss is the tasks'
+            weighted sum and early stopping compares their weighted mean balanced accuracy
+            (`start` is then the probes' weighted figures).
 
     Returns:
         One row per epoch (as `train_head`'s, plus seconds); the restored epoch's row has
@@ -223,7 +228,9 @@ def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, 
                 for k, part in enumerate(parts):  # gradients of the chunks add up to the batch's (cpu.py)
                     # DDP averages gradients across ranks once per step, in the last chunk's backward.
                     with ddp.no_sync() if dist.is_distributed and k < len(parts) - 1 else nullcontext():
-                        loss = loss_fn(ddp(as_input(x[part])), y[part]) * (len(y[part]) / len(y))
+                        out = ddp(as_input(x[part]))
+                        loss = (loss_fn(out, y[part]) if joint is None else
+                                joint.loss(out, y[part], cfg.label_smoothing)) * (len(y[part]) / len(y))
                         loss.backward()
                     batch_loss += loss.item()
                 if l2sp_ref is not None:
@@ -242,17 +249,24 @@ def train_backbone(model, trainable_stages, train_items, sel_items, preprocess, 
             logits = predict_logits(model, sel_items, preprocess, dist)
             row = None
             if dist.rank0:
-                pred = logits.argmax(1)
-                sel_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(sel_y)))
+                primary, primary_y = (logits, sel_y) if joint is None else (logits[:, :num_classes], sel_y[:, 0])
+                pred = primary.argmax(1)
+                sel_loss = float(nn.functional.cross_entropy(torch.from_numpy(primary), torch.from_numpy(primary_y)))
                 row = {"phase": strategy, "epoch": epoch, "split": split, "train_loss": total / seen,
-                       "selection_loss": sel_loss, "selection_top1": float((pred == sel_y).mean()),
-                       "selection_balanced_accuracy": balanced_accuracy(sel_y, pred, num_classes),
+                       "selection_loss": sel_loss, "selection_top1": float((pred == primary_y).mean()),
+                       "selection_balanced_accuracy": balanced_accuracy(primary_y, pred, num_classes),
                        "seconds": time.perf_counter() - t0}
+                if joint is not None:
+                    scored = joint.score(logits, sel_y)
+                    row.update({"selection_tasks": scored["tasks"], "selection_joint_score": scored["score"],
+                                "selection_joint_loss": scored["loss"]})
             row = dist.broadcast(row)  # rank 0's scores decide on every rank: no rank stops alone
             history.append(row)
             log.info("epoch %d: train loss %.3f, %s top1 %.3f, balanced %.3f", epoch, row["train_loss"], split,
                      row["selection_top1"], row["selection_balanced_accuracy"])
-            if stopper.update(row["selection_balanced_accuracy"], row["selection_loss"], epoch, model):
+            decide = ("selection_balanced_accuracy", "selection_loss") if joint is None else \
+                ("selection_joint_score", "selection_joint_loss")
+            if stopper.update(row[decide[0]], row[decide[1]], epoch, model):
                 break
     model.load_state_dict(stopper.best_state)
     if stopper.best_epoch >= 0:
