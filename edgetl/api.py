@@ -55,7 +55,8 @@ def finetune(data: str | Path, out: str | Path, *, target_images: str | Path | N
         adapt: the adaptation method with target_images: align, coral, adabn, dann or auto
             (default auto).
         tasks: extra tasks on the same backbone, name -> CSV of `file,label` rows (file relative
-            to `data`); the class folders stay the primary task ("default"). One head per
+            to `data`) or a folder laying the same images out as FOLDER/<label>/<image>
+            (matched by content); the class folders stay the primary task ("default"). One head per
             task is fitted on the run's backbone (edgetl/multitask.py) and metrics.json
             reports each task (`tasks`).
         task_weights: task name (or "default") -> loss weight, above 0 (default 1).
@@ -84,7 +85,7 @@ def finetune(data: str | Path, out: str | Path, *, target_images: str | Path | N
             raise EdgetlError("tasks (--task) and target_images (--target-images) together are not supported yet: the "
                               "adaptation changes only the primary head. Fine-tune with the tasks, then run "
                               "`edgetl adapt` on the default task, or drop one of them")
-        specs = multitask.load_tasks(tasks or {}, task_weights)
+        specs = multitask.load_tasks(tasks or {}, task_weights, data)
         files = multitask.image_files(data)
         for spec in specs:  # before the slow part: every image the run may use needs a label
             multitask.require_labels(spec, files, f"images under '{data}'")

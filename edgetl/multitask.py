@@ -2,7 +2,9 @@
 
 `edgetl finetune DATA --task parity=parity.csv` keeps the class folders as the primary task
 ("default") and adds one task per CSV, whose rows map an image path (relative to DATA, as
-metrics.json's `train_files`/`val_files` list them) to a label. After the primary fine-tune,
+metrics.json's `train_files`/`val_files` list them) to a label, or per folder laying the same
+images out by that task's labels (`--task hand=hands/`, hands/<label>/<image>, matched by
+content). After the primary fine-tune,
 `fit_task_heads` embeds the run's train, selection and validation images with the run's final
 backbone (through the EmbeddingCache, so a linear run's embeddings are cache hits), fits one
 softmax head per task with early stopping on the selection split, scores each task once on the
@@ -125,18 +127,64 @@ def read_labels_csv(path: str | Path, task: str) -> dict[str, str]:
     return out
 
 
-def load_tasks(tasks: Mapping[str, str | Path], weights: Mapping[str, float] | None = None) -> list[TaskSpec]:
-    """Check the task names and weights and read each task's CSV.
+def read_labels_folder(folder: str | Path, task: str, data: str | Path) -> dict[str, str]:
+    """A task's labels from another folder layout of the same images: FOLDER/<label>/<image>.
+
+    The images are matched to DATA's by content (sha256), not by name, so the layout may hold
+    copies, links or renamed files (e.g. `hands/left/IMG_1.jpg` for `digits/3/IMG_1.jpg`).
 
     Args:
-        tasks: extra task name -> labels CSV.
+        folder: the layout's root; each subfolder is a label (nested files count).
+        task: the task's name, for the errors.
+        data: the finetune DATA folder whose images are labelled.
+
+    Returns:
+        image path relative to DATA (POSIX separators) -> label, for DATA's images found in
+        the layout (`require_labels` refuses the run when any is missing).
+
+    Raises:
+        EdgetlError: no label folders; one image under two labels.
+    """
+    import hashlib
+
+    folder, root = Path(folder), Path(data)
+    label_of_digest: dict[str, str] = {}
+    for sub in class_folders(folder):
+        label = check_label(sub.name, f"folder '{sub}' of task '{task}'", "rename the folder")
+        for p in sorted(sub.rglob("*")):
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES:
+                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                if label_of_digest.get(digest, label) != label:
+                    raise EdgetlError(f"'{p}' (task '{task}') is also under '{label_of_digest[digest]}'; an image "
+                                      "takes one label per task: remove one copy")
+                label_of_digest[digest] = label
+    if not label_of_digest:
+        raise EdgetlError(f"task '{task}': '{folder}' has no label folders with images; lay it out as "
+                          f"{folder}/<label>/<image>, or pass a CSV of `file,label` rows")
+    out = {}
+    for rel in image_files(root):
+        label = label_of_digest.get(hashlib.sha256((root / rel).read_bytes()).hexdigest())
+        if label is not None:
+            out[rel] = label
+    return out
+
+
+def load_tasks(tasks: Mapping[str, str | Path], weights: Mapping[str, float] | None = None,
+               data: str | Path | None = None) -> list[TaskSpec]:
+    """Check the task names and weights and read each task's labels.
+
+    Args:
+        tasks: extra task name -> labels CSV (`file,label` rows), or a folder laying the same
+            images out by this task's labels (FOLDER/<label>/<image>, matched by content).
         weights: task name -> loss weight (the extra tasks' names or 'default'); 1 when absent.
+        data: the finetune DATA folder (needed for folder tasks).
 
     Returns:
         One TaskSpec per task, in the given order.
 
     Raises:
-        EdgetlError: a bad or reserved name, a weight for an unknown task or not above 0, a bad CSV.
+        EdgetlError: a bad or reserved name, a weight for an unknown task or not above 0, a bad
+            CSV or folder.
     """
     weights = dict(weights or {})
     for name in tasks:
@@ -149,8 +197,16 @@ def load_tasks(tasks: Mapping[str, str | Path], weights: Mapping[str, float] | N
                               f"{', '.join([DEFAULT_TASK, *tasks])}")
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
             raise EdgetlError(f"--task-weight {name}={w!r}: a task weight must be a number above 0")
-    return [TaskSpec(name, Path(path), read_labels_csv(path, name), float(weights.get(name, 1.0)))
-            for name, path in tasks.items()]
+    specs = []
+    for name, path in tasks.items():
+        if Path(path).is_dir():
+            if data is None:
+                raise EdgetlError(f"task '{name}': '{path}' is a folder; its images are matched to DATA's, so pass data")
+            labels_of = read_labels_folder(path, name, data)
+        else:
+            labels_of = read_labels_csv(path, name)
+        specs.append(TaskSpec(name, Path(path), labels_of, float(weights.get(name, 1.0))))
+    return specs
 
 
 def image_files(data: str | Path) -> list[str]:
@@ -173,6 +229,9 @@ def require_labels(spec: TaskSpec, files: Sequence[str], what: str) -> None:
         EdgetlError: the CSV, the first file without a label, how many lack one, and the fix.
     """
     missing = [f for f in files if Path(f).as_posix() not in spec.labels_of]
+    if missing and spec.csv.is_dir():
+        raise EdgetlError(f"'{spec.csv}' (task '{spec.name}') holds no copy of '{missing[0]}' ({len(missing)} of "
+                          f"{len(files)} {what} are missing from it); put each image under its label folder there")
     if missing:
         raise EdgetlError(f"'{spec.csv}' (task '{spec.name}') has no label for '{missing[0]}' ({len(missing)} of "
                           f"{len(files)} {what} lack one); add a row `{missing[0]},LABEL` for each of them")

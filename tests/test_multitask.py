@@ -257,3 +257,40 @@ def test_task_weights_shape_the_jointly_fine_tuned_backbone():
         assert torch.allclose(tasks.loss(logits, y, 0.0), expected)
     changed = [k for k in states[0.01] if not torch.equal(states[0.01][k], states[10.0][k])]
     assert changed and all(np.isfinite(states[10.0][k].numpy()).all() for k in changed)
+
+
+def test_a_folder_layout_of_the_same_images_is_a_task(tmp_path):
+    """--task NAME=DIR: DIR/<label>/<image> holds the same images under other names; they are
+    matched by content, a missing one is refused by name, as is one image under two labels."""
+    from edgetl.errors import EdgetlError
+    from edgetl.multitask import image_files, load_tasks, require_labels
+
+    layout = tmp_path / "parity layout"
+    files = image_files(DEMO)
+    for i, rel in enumerate(files):
+        label = "even" if int(Path(rel).parts[0]) % 2 == 0 else "odd"
+        (layout / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(DEMO / rel, layout / label / f"copy {i}{Path(rel).suffix}")  # renamed copies
+    (spec,) = load_tasks({"parity": layout}, {"parity": 2.0}, DEMO)
+    assert spec.weight == 2.0 and len(spec.labels_of) == len(files)
+    assert all(spec.labels_of[rel] == ("even" if int(Path(rel).parts[0]) % 2 == 0 else "odd") for rel in files)
+    require_labels(spec, files, "images")
+    first = next((layout / "even").iterdir())
+    first.unlink()
+    (spec,) = load_tasks({"parity": layout}, None, DEMO)
+    with pytest.raises(EdgetlError, match="holds no copy of"):
+        require_labels(spec, files, "images")
+    shutil.copyfile(next((layout / "odd").iterdir()), layout / "even" / "twice.png")
+    with pytest.raises(EdgetlError, match="an image takes one label per task"):
+        load_tasks({"parity": layout}, None, DEMO)
+
+
+@pytest.mark.slow
+def test_host_adaptation_refuses_a_multi_task_run(mt_run, tmp_path):
+    """Adapting would rewrite the primary head only and drop the task heads: refused by name."""
+    import edgetl.adapt
+    from edgetl.errors import EdgetlError
+
+    with pytest.raises(EdgetlError, match=r"has extra task heads \(parity\).*edgetl-device adapt BUNDLE DIR --task"):
+        edgetl.adapt.adapt_run(mt_run, DEMO, "align", tmp_path / "adapted")
+    assert not (tmp_path / "adapted").exists()

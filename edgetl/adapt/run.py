@@ -109,6 +109,10 @@ class _Context:
         self.run_dir = run_dir
         self.metrics = run_record(run_dir)
         self.loaded = load_run(run_dir)
+        if self.loaded.tasks:  # the adapted run would silently lose or mis-pair them
+            raise EdgetlError(f"'{run_dir}' has extra task heads ({', '.join(self.loaded.tasks)}); adaptation changes the "
+                              "primary task only and would drop them. Adapt a run fine-tuned without --task, or adapt "
+                              "on the device: `edgetl-device adapt BUNDLE DIR --task NAME`")
         split = split_from_record(self.metrics["data"])
         if list(split.labels) != list(self.loaded.labels):
             raise EdgetlError(f"'{run_dir / 'metrics.json'}' lists labels {split.labels} but '{run_dir / 'model.pt'}' "

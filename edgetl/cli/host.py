@@ -60,12 +60,14 @@ def print_metrics(title: str, metrics: dict, as_json: bool) -> None:
               help="Unlabeled field images: adapt the fine-tuned run to them (OUT is the adapted run).")
 @click.option("--adapt", "adapt_method", type=click.Choice(ADAPT_METHODS), default=None,
               help="With --target-images: the adaptation, as `edgetl adapt` (default auto).")
-@click.option("--task", "tasks", multiple=True, metavar="NAME=CSV",
-              help="An extra task on the same backbone: CSV rows `file,label`, file relative to DATA (repeatable). "
-                   "The class folders stay the primary task, 'default'.")
+@click.option("--task", "tasks", multiple=True, metavar="NAME=CSV|DIR",
+              help="An extra task on the same backbone: CSV rows `file,label`, file relative to DATA, or a folder "
+                   "DIR/<label>/<image> of the same images (matched by content) (repeatable). The class folders "
+                   "stay the primary task, 'default'.")
 @click.option("--task-weight", "task_weights", multiple=True, metavar="NAME=W",
               help="A task's loss weight, above 0 (default 1; NAME may be 'default'). With --strategy linear the "
-                   "heads are independent, so the weights do not change them.")
+                   "heads are independent, so the weights do not change them; with partial/full they weigh each "
+                   "task's loss in the joint fine-tuning of the backbone.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def finetune(data, out, target_images, adapt_method, tasks, task_weights, as_json, **options):
     """Fine-tune a pretrained backbone on a folder of images.
