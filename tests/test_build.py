@@ -85,6 +85,9 @@ BAD = [
     ({"gates": {"max_drop": 1}}, "unknown key 'gates.max_drop'"),
     ({"keep_top": 0}, "key 'keep_top'"),
     ({"benchmark": {"runs": 0}}, "key 'benchmark.runs'"),
+    ({"adapt": {"target_images": "nowhere"}}, "key 'adapt.target_images' is 'nowhere'"),
+    ({"adapt": {"target_images": ".", "method": "magic"}}, "key 'adapt.method' is 'magic'"),
+    ({"adapt": {"images": "."}}, "unknown key 'adapt.images'"),
 ]
 
 
@@ -303,6 +306,33 @@ def test_build_writes_bundles_summary_junit_and_report(built):
 
 
 @pytest.mark.slow
+def test_adapt_fine_tunes_then_adapts_every_candidate_and_calibrates_on_the_field(built):
+    """`adapt:` in edgetl.yaml: the candidate is the same fine-tune, then aligned to the field
+    images; its INT8 export calibrates on them; report.md says so; a rerun reuses it all."""
+    from benchmarks.camera_shift import shift_folder
+    from edgetl.multitask import image_files
+
+    root = built["root"]
+    field = shift_folder(DEMO, root / "field camera", 0, image_files(DEMO)[::4])
+    body = edit(BASE, candidates=["tf_efficientnet_lite0"],
+                targets={"rpi5": BASE["targets"]["rpi5"]}, adapt={"target_images": str(field), "method": "align"})
+    project = write_project(root / "proj-adapt", body)
+    proc, summary = build_cli(project, root / "dist-adapt", built["cache"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary["adapt"] == {"target_images": str(field), "method": "align"}
+    (cand,) = summary["candidates"]
+    unadapted = next(c for c in built["summary"]["candidates"] if c["name"] == cand["name"])
+    assert cand["adaptation"]["method"] == "align"
+    assert cand["adaptation"]["unadapted_top1"] == unadapted["top1"]  # the same fine-tune, then adapted
+    assert not stage_flags(summary)[("finetune", cand["name"])]  # another key: the field images are an input
+    manifest = json.loads((root / "dist-adapt" / "rpi5" / "manifest.json").read_text())
+    assert manifest["calibration"]["source"].startswith("adapted run's field images")
+    assert "Adapted to the field images" in (root / "dist-adapt" / "report.md").read_text()
+    again, summary2 = build_cli(project, root / "dist-adapt", built["cache"])
+    assert again.returncode == 0 and all(s["reused"] for s in summary2["stages"])
+
+
+@pytest.mark.slow
 def test_unchanged_rerun_reuses_every_stage(built):
     proc, summary = build_cli(built["project"], built["out"], built["cache"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -417,6 +447,7 @@ def test_readme_and_example_project_files_validate(tmp_path):
     text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     (tmp_path / "proj").mkdir()
     (tmp_path / "proj" / "images").symlink_to(DEMO)
+    (tmp_path / "proj" / "field").symlink_to(DEMO / "3")  # any folder of images
     (tmp_path / "boards").mkdir()
     board = (REPO / "targets" / "rpi4.yaml").read_text().replace("name: rpi4", "name: my-board")
     (tmp_path / "boards" / "my-board.yaml").write_text(board)
@@ -425,6 +456,7 @@ def test_readme_and_example_project_files_validate(tmp_path):
     assert [c.name for c in project.candidates] == ["tf_efficientnet_lite0", "tf_efficientnet_lite0@288",
                                                     "lite1-partial"]
     assert [t.name for t in project.targets] == ["rpi5", "generic-arm64", "jetson-orin-nano", "my-board"]
+    assert project.adapt.method == "selftrain" and project.adapt.target_images == tmp_path / "proj" / "field"
     assert load_project(REPO / "examples" / "demo.edgetl.yaml").data.resolve() == DEMO
     if HYMENOPTERA.is_dir():
         assert load_project(REPO / "examples" / "hymenoptera.edgetl.yaml").data.resolve() == HYMENOPTERA.resolve()

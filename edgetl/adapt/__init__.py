@@ -11,6 +11,16 @@ The adapted run exports like any run. See edgetl/adapt/run.py for the method det
 the source check.
 """
 
-from edgetl.adapt.run import METHODS, adapt_run, finetune_adapted
+from edgetl.adapt.methods import METHODS
 
 __all__ = ["METHODS", "adapt_run", "finetune_adapted"]
+
+
+def __getattr__(name: str):
+    # Lazy: `edgetl.adapt.methods` (the names) is read by the CLI and the build's config
+    # without importing torch.
+    if name in ("adapt_run", "finetune_adapted"):
+        import importlib
+
+        return getattr(importlib.import_module("edgetl.adapt.run"), name)
+    raise AttributeError(f"module 'edgetl.adapt' has no attribute {name!r}")

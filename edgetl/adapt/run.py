@@ -48,6 +48,7 @@ from edgetl.adapt import adabn
 from edgetl.adapt.dann import DannConfig, train_dann
 from edgetl.adapt.features import embedding_cache, run_record
 from edgetl.adapt.features import target_images as target_images_of
+from edgetl.adapt.methods import METHODS, ONE_MODEL
 from edgetl.adapt.selftrain import teacher_probabilities, train_student
 from edgetl.api import Run
 from edgetl.core.fsutil import STAGE_MARK, clean_stale_staging, staged_replace
@@ -63,8 +64,7 @@ from edgetl.transfer.run import check_run_destination
 
 log = logging.getLogger("edgetl")
 
-METHODS = ("align", "coral", "adabn", "dann", "selftrain", "auto")
-ONE_MODEL = ("dann", "selftrain")  # trained, not a map: no strength
+
 # auto tries each method at these strengths, strongest first, and keeps the first that passes
 # the source check. Measured on hymenoptera seeds 0-2 (Lite0, docs/benchmarks.md): full
 # alignment gained 16.5 points on the shifted camera and cost 2.2 on clean validation images

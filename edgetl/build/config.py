@@ -15,6 +15,7 @@ file in CI is rarely the person who wrote this code.
     gates: {max_drop_pts: 1.0, min_top1: 0.9}
     benchmark: {runs: 50, warmup: 10}
     keep_top: 2
+    adapt: {target_images: field/, method: selftrain}   # every candidate adapted to field images
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 
 from edgetl.yamlcfg import ConfigError, _coerce, read_mapping
 
-TOP_KEYS = ("data", "candidates", "finetune", "targets", "gates", "benchmark", "keep_top")
+TOP_KEYS = ("data", "candidates", "finetune", "targets", "gates", "benchmark", "keep_top", "adapt")
+ADAPT_KEYS = ("target_images", "method")
 DATA_KEYS = ("path", "val_split", "seed")
 GATE_KEYS = ("max_drop_pts", "min_top1")
 # Per-target keys that are build gates, not export options: changing them re-gates the
@@ -87,6 +89,15 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class AdaptSpec:
+    """`adapt:`: every candidate is fine-tuned, then adapted to these unlabeled field images
+    (`edgetl finetune --target-images DIR --adapt METHOD`); its exports calibrate on them."""
+
+    target_images: Path
+    method: str = "auto"
+
+
+@dataclass(frozen=True)
 class Project:
     """A validated edgetl.yaml."""
 
@@ -97,6 +108,7 @@ class Project:
     keep_top: int | None = None
     runs: int = DEFAULT_RUNS
     warmup: int = DEFAULT_WARMUP
+    adapt: AdaptSpec | None = None
     raw: dict = field(default_factory=dict, compare=False)  # the file as read, for the summary
 
 
@@ -348,6 +360,26 @@ def _benchmark(raw: dict, path: Path) -> tuple[int, int]:
     return runs, warmup
 
 
+def _adapt(raw: dict, path: Path) -> AdaptSpec | None:
+    from edgetl.adapt.methods import METHODS
+
+    if raw.get("adapt") is None:
+        return None
+    value = _mapping(raw["adapt"], path, "adapt", "adapt: {target_images: field/, method: selftrain}")
+    _refuse_unknown(value, ADAPT_KEYS, path, "adapt")
+    folder = value.get("target_images")
+    if not isinstance(folder, str) or not folder.strip():
+        raise ConfigError(f"{_where(path, 'adapt.target_images')} must be the folder of unlabeled field images "
+                          f"(relative to the file), got {folder!r}")
+    target = Path(_relative(path, folder))
+    if not target.is_dir():
+        raise ConfigError(f"{_where(path, 'adapt.target_images')} is '{folder}', which is not a folder ('{target}')")
+    method = value.get("method", "auto")
+    if method not in METHODS:
+        raise ConfigError(f"{_where(path, 'adapt.method')} is {method!r}; it is one of {', '.join(METHODS)}")
+    return AdaptSpec(target, method)
+
+
 def load_project(path: str | Path) -> Project:
     """Read and validate an edgetl.yaml.
 
@@ -383,7 +415,7 @@ def load_project(path: str | Path) -> Project:
     if keep_top is not None:
         keep_top = int(_number(keep_top, path, "keep_top", 1, 10000, integer=True))
     runs, warmup = _benchmark(raw, path)
-    return Project(path, data, candidates, targets, keep_top, runs, warmup, raw)
+    return Project(path, data, candidates, targets, keep_top, runs, warmup, _adapt(raw, path), raw)
 
 
 def stage_options(options: dict[str, Any]) -> dict:

@@ -25,7 +25,7 @@ from edgetl.build.config import Project, TargetSpec, load_project
 from edgetl.build.devresults import check_all_matched, read_device_results
 from edgetl.build.dist import install_bundle, remove_stale
 from edgetl.build.select import Option, evaluate_gates, pareto, select
-from edgetl.build.stages import (ExportJob, StageResult, benchmark_stage, export_key, export_target, finetune_stage,
+from edgetl.build.stages import (Adaptation, ExportJob, StageResult, benchmark_stage, export_key, export_target, finetune_stage,
                                  rank_stage, run_export_job, verify_stage, worker_init)
 from edgetl.core.progress import ProgressCallback, reporting, track
 from edgetl.errors import EdgetlError
@@ -212,12 +212,17 @@ def _build(project_file: Path, out: Path, jobs: int, device_files: list, cache_d
     data_digest = folder_digest(project.data)
     log.info("data '%s': content digest %s in %.2f s", project.data, data_digest[:12], time.perf_counter() - t0)
 
+    adapt = None
+    if project.adapt is not None:
+        adapt = Adaptation(project.adapt.target_images, folder_digest(project.adapt.target_images),
+                           project.adapt.method)
+
     stages: list[StageResult] = []
     project, ranking = _keep_top(cache, project, data_digest, stages)
     fts = {}
     with track("build: fine-tuning", len(project.candidates)) as task:
         for cand in project.candidates:
-            fts[cand.name] = finetune_stage(cache, project.data, data_digest, cand)
+            fts[cand.name] = finetune_stage(cache, project.data, data_digest, cand, adapt)
             stages.append(fts[cand.name])
             task.advance()
 

@@ -144,33 +144,58 @@ def weights_identity(options: dict) -> str:
     return _weights_digests[key]
 
 
-def finetune_key(data: Path, data_digest: str, cand: Candidate) -> str:
+@dataclass(frozen=True)
+class Adaptation:
+    """The project's `adapt:` as the finetune stage needs it: the folder, its content digest, the method."""
+
+    target_images: Path
+    digest: str
+    method: str
+
+
+def finetune_key(data: Path, data_digest: str, cand: Candidate, adapt: Adaptation | None = None) -> str:
     options = stage_options(cand.finetune)
     weights = weights_identity(options)
     if options.get("weights") not in ("default", "timm", "none"):
         options.pop("weights")  # a weights file by its content (`weights`), not by where it is
-    return key_of({"stage": "finetune", "edgetl": edgetl.__version__, "versions": package_versions(TRAIN_PACKAGES),
-                   "data": {"root": str(data.resolve()), "digest": data_digest}, "options": options,
-                   "weights": weights})
+    inputs = {"stage": "finetune", "edgetl": edgetl.__version__, "versions": package_versions(TRAIN_PACKAGES),
+              "data": {"root": str(data.resolve()), "digest": data_digest}, "options": options, "weights": weights}
+    if adapt is not None:  # absent otherwise: runs cached before `adapt:` existed keep their keys
+        inputs["adapt"] = {"method": adapt.method, "target_images": adapt.digest}
+    return key_of(inputs)
 
 
-def finetune_stage(cache: StageCache, data: Path, data_digest: str, cand: Candidate) -> StageResult:
-    """Fine-tune `cand` on `data` once; later builds reuse the run while its inputs hold."""
+def finetune_stage(cache: StageCache, data: Path, data_digest: str, cand: Candidate,
+                   adapt: Adaptation | None = None) -> StageResult:
+    """Fine-tune `cand` on `data` once (then adapt it to the field images when the project
+    says so); later builds reuse the run while its inputs hold."""
     t0 = time.perf_counter()
-    key = finetune_key(data, data_digest, cand)
+    key = finetune_key(data, data_digest, cand, adapt)
 
     def compute(staged: Path) -> dict:
         log.info("finetune %s: training (%s)", cand.name, ", ".join(f"{k}={v}" for k, v in cand.finetune.items()))
-        run = edgetl.finetune(data, staged / "run", **cand.finetune)
+        extra = {} if adapt is None else {"target_images": adapt.target_images, "adapt": adapt.method}
+        run = edgetl.finetune(data, staged / "run", **extra, **cand.finetune)
         sel = run.metrics.get("selection") if isinstance(run.metrics.get("selection"), dict) else {}
         return {"candidate": cand.name, "options": stage_options(cand.finetune),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "top1": run.metrics["top1"], "balanced_accuracy": run.metrics["balanced_accuracy"],
                 "n": run.metrics["n"], "strategy": run.metrics.get("strategy"),
                 "selection": {k: sel.get(k) for k in ("split", "n", "top1", "balanced_accuracy")} if sel else None,
-                "model_sha256": sha256_file(staged / "run" / "model.pt")}
+                "model_sha256": sha256_file(staged / "run" / "model.pt"),
+                **({} if adapt is None else {"adaptation": _adaptation_record(run.metrics)})}
 
     return _cached_stage(cache, "finetune", key, cand.name, t0, compute, lambda rec: f"top1 {rec['top1']:.4f}")
+
+
+def _adaptation_record(metrics: dict) -> dict:
+    """What the build reports of an adapted candidate: the method kept, its source check, and
+    the fine-tuned model's clean validation top-1 before adaptation."""
+    a = metrics.get("adaptation") or {}
+    check = a.get("source_check") or {}
+    return {"method": a.get("method"), "requested": a.get("requested"), "n_target": a.get("n_target"),
+            "source_check": {k: check.get(k) for k in ("split", "drop_points", "passed")},
+            "unadapted_top1": (metrics.get("unadapted") or {}).get("top1")}
 
 
 # -- export -----------------------------------------------------------------------------------

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import click
 
+from edgetl.adapt.methods import METHODS as ADAPT_METHODS
 from edgetl.cli.common import FiniteFloat, escape, json_text, progress_bars, run_group, setup_logging, stdout
 from edgetl.cli.options import config_options
 from edgetl.exporter import ExportConfig
 from edgetl.transfer.config import FinetuneConfig
-
-# edgetl.adapt.METHODS, spelt here so that `edgetl --help` imports no torch (tests/test_adapt.py checks they agree).
-ADAPT_METHODS = ("align", "coral", "adabn", "dann", "selftrain", "auto")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

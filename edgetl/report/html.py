@@ -234,9 +234,14 @@ def target_section(index: int, name: str, target: dict, versions: dict) -> str:
 
 
 def candidates_table(candidates: list[dict]) -> str:
+    adapted = any(c.get("adaptation") for c in candidates)
     rows = [[_td(c.get("name") or NONE), _td(c.get("backbone") or NONE), _td(c.get("input_size") or NONE, True),
-             _td(_pct(c.get("top1")), True), _td(_num(c.get("seconds"), "{:.1f}"), True)] for c in candidates]
-    return _table(["candidate", "backbone", "input px", "val top-1 (FP32)", "fine-tune s"], rows)
+             _td(_pct(c.get("top1")), True), _td(_num(c.get("seconds"), "{:.1f}"), True)]
+            + ([_td((c.get("adaptation") or {}).get("method") or NONE),
+                _td(_pct((c.get("adaptation") or {}).get("unadapted_top1")), True)] if adapted else [])
+            for c in candidates]
+    return _table(["candidate", "backbone", "input px", "val top-1 (FP32)", "fine-tune s"]
+                  + (["adapted with", "val top-1 before adapting"] if adapted else []), rows)
 
 
 def stages_table(stages: list[dict]) -> str:

@@ -55,6 +55,20 @@ def render(summary: dict) -> str:
                   for n, d in device_rows]
         lines.append("")
 
+    if summary.get("adapt"):
+        lines += [f"Adapted to the field images in `{_cell(summary['adapt']['target_images'])}` "
+                  f"(`adapt.method: {_cell(summary['adapt']['method'])}`; no labels; INT8 calibrated on them). "
+                  "Top-1 above is on the clean validation split:", "",
+                  "| candidate | method kept | clean val top-1 before | after | source check drop (pts) |",
+                  "|---|---|---:|---:|---:|"]
+        for c in summary.get("candidates") or []:
+            a = c.get("adaptation") or {}
+            drop = (a.get("source_check") or {}).get("drop_points")
+            lines.append("| " + " | ".join(_cell(v) for v in (
+                c["name"], a.get("method") or "–", _pct(a.get("unadapted_top1")), _pct(c.get("top1")),
+                "–" if drop is None else f"{drop:.1f}")) + " |")
+        lines.append("")
+
     if summary.get("ranking"):
         lines += [f"Transferability ranking (`keep_top: {summary['keep_top']}`; LogME on frozen embeddings of the "
                   "training split, before any fine-tuning):", "",

@@ -163,13 +163,15 @@ def assemble(project, out: Path, data_digest: str, targets: dict, fts: dict, sta
                            "strategy": rec.get("strategy"), "top1": rec.get("top1"),
                            "balanced_accuracy": rec.get("balanced_accuracy"),
                            "selection": rec.get("selection"), "seconds": rec.get("seconds"), "reused": ft.reused,
-                           "options": rec.get("options")})
+                           "options": rec.get("options"), "adaptation": rec.get("adaptation")})
     return {
         "schema": SUMMARY_SCHEMA,
         "passed": all(t["passed"] for t in targets.values()),
         "project": str(project.path),
         "out": str(out),
         "data": {"path": str(project.data), "digest": data_digest},
+        "adapt": None if project.adapt is None else {"target_images": str(project.adapt.target_images),
+                                                     "method": project.adapt.method},
         "targets": targets,
         "candidates": candidates,
         "keep_top": project.keep_top,
