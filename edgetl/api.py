@@ -52,7 +52,7 @@ def finetune(data: str | Path, out: str | Path, *, target_images: str | Path | N
         target_images: a folder of unlabeled field images: the fine-tuned run is then adapted
             to them (`edgetl.adapt.adapt_run`) and `out` holds the adapted run, with the
             fine-tune's own validation figures under metrics.json `unadapted`.
-        adapt: the adaptation method with target_images: align, coral, adabn, dann or auto
+        adapt: the adaptation method with target_images: align, coral, adabn, dann, selftrain or auto
             (default auto).
         tasks: extra tasks on the same backbone, name -> CSV of `file,label` rows (file relative
             to `data`) or a folder laying the same images out as FOLDER/<label>/<image>

@@ -1,4 +1,4 @@
-"""`edgetl adapt RUN --target-images DIR --adapt align|coral|adabn|dann|auto --out RUN2`.
+"""`edgetl adapt RUN --target-images DIR --adapt align|coral|adabn|dann|selftrain|auto --out RUN2`.
 
 Unsupervised adaptation of a run to field images (no labels): the adapted run is a normal
 run folder (model.pt with the same keys, labels.txt, metrics.json), so `edgetl export`
