@@ -135,50 +135,38 @@ def host_methods(ctx: dict, adabn_too: bool) -> dict:
     return out
 
 
-def auto(ctx: dict, work: Path) -> dict:
+def _adapted(ctx: dict, work: Path, method: str, **options) -> tuple[dict, dict]:
+    """`edgetl adapt RUN --adapt METHOD`: (the adaptation record, target/clean top-1 and seconds)."""
     import edgetl.adapt
     from edgetl.evaluate import evaluate_run_on_folder
 
-    out_dir = work / "adapted" / f"{ctx['run'].name}-auto"
+    out_dir = work / "adapted" / f"{ctx['run'].name}-{method}"
     t0 = time.perf_counter()
-    run = edgetl.adapt.adapt_run(ctx["run"], ctx["target_dir"], "auto", out_dir)
+    run = edgetl.adapt.adapt_run(ctx["run"], ctx["target_dir"], method, out_dir, **options)
     seconds = time.perf_counter() - t0
-    a = run.metrics["adaptation"]
-    return {"target": evaluate_run_on_folder(out_dir, ctx["val_dir"])["top1"], "clean": run.metrics["top1"],
-            "chosen": a["auto"]["chosen"], "tried": a["auto"]["tried"], "seconds": round(seconds, 1),
+    return run.metrics["adaptation"], {"target": evaluate_run_on_folder(out_dir, ctx["val_dir"])["top1"],
+                                       "clean": run.metrics["top1"], "seconds": round(seconds, 1)}
+
+
+def auto(ctx: dict, work: Path) -> dict:
+    a, scores = _adapted(ctx, work, "auto")
+    return {**scores, "chosen": a["auto"]["chosen"], "tried": a["auto"]["tried"],
             "candidates": [{"method": c["method"], "strength": c["strength"],
                             "im_score": c["target_scores"]["im_score"]} for c in a["auto"]["candidates"]]}
 
 
 def dann(ctx: dict, work: Path, epochs: int | None) -> dict:
     """`edgetl adapt RUN --adapt dann` with its defaults (`epochs` caps the maximum)."""
-    import edgetl.adapt
-    from edgetl.evaluate import evaluate_run_on_folder
-
-    out_dir = work / "adapted" / f"{ctx['run'].name}-dann"
-    t0 = time.perf_counter()
-    run = edgetl.adapt.adapt_run(ctx["run"], ctx["target_dir"], "dann", out_dir, dann={"epochs": epochs})
-    seconds = time.perf_counter() - t0
-    a = run.metrics["adaptation"]
-    return {"target": evaluate_run_on_folder(out_dir, ctx["val_dir"])["top1"], "clean": run.metrics["top1"],
-            "stopped": a["training"]["stopped"], "config": a["training"]["config"],
+    a, scores = _adapted(ctx, work, "dann", dann={"epochs": epochs})
+    return {**scores, "stopped": a["training"]["stopped"], "config": a["training"]["config"],
             "epochs_run": len(a["training"]["history"]), "source_check": a["source_check"],
-            "history": a["training"]["history"], "seconds": round(seconds, 1)}
+            "history": a["training"]["history"]}
 
 
 def selftrain(ctx: dict, work: Path) -> dict:
     """`edgetl adapt RUN --adapt selftrain` (teacher: align + adabn; student: the head)."""
-    import edgetl.adapt
-    from edgetl.evaluate import evaluate_run_on_folder
-
-    out_dir = work / "adapted" / f"{ctx['run'].name}-selftrain"
-    t0 = time.perf_counter()
-    run = edgetl.adapt.adapt_run(ctx["run"], ctx["target_dir"], "selftrain", out_dir)
-    seconds = time.perf_counter() - t0
-    a = run.metrics["adaptation"]
-    return {"target": evaluate_run_on_folder(out_dir, ctx["val_dir"])["top1"], "clean": run.metrics["top1"],
-            "stopped": a["training"]["stopped"], "map": a["map"], "source_check": a["source_check"],
-            "seconds": round(seconds, 1)}
+    a, scores = _adapted(ctx, work, "selftrain")
+    return {**scores, "stopped": a["training"]["stopped"], "map": a["map"], "source_check": a["source_check"]}
 
 
 def device_figures(ctx: dict, work: Path, subset: int) -> dict:
