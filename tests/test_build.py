@@ -88,6 +88,11 @@ BAD = [
     ({"adapt": {"target_images": "nowhere"}}, "key 'adapt.target_images' is 'nowhere'"),
     ({"adapt": {"target_images": ".", "method": "magic"}}, "key 'adapt.method' is 'magic'"),
     ({"adapt": {"images": "."}}, "unknown key 'adapt.images'"),
+    ({"tasks": {"parity": "missing.csv"}}, "key 'tasks.parity.labels' is 'missing.csv'"),
+    ({"tasks": {"default": {"weight": 2}}}, "gives only the default task's weight"),
+    ({"tasks": {"parity": {"labels": "small.yaml", "weight": 0}}}, "key 'tasks.parity.weight' must be greater than 0"),
+    ({"tasks": {"bad name!": "small.yaml"}}, "key 'tasks.bad name!'"),
+    ({"tasks": {"parity": "small.yaml"}, "adapt": {"target_images": "."}}, "keys 'adapt' and 'tasks' together"),
 ]
 
 
@@ -330,6 +335,37 @@ def test_adapt_fine_tunes_then_adapts_every_candidate_and_calibrates_on_the_fiel
     assert "Adapted to the field images" in (root / "dist-adapt" / "report.md").read_text()
     again, summary2 = build_cli(project, root / "dist-adapt", built["cache"])
     assert again.returncode == 0 and all(s["reused"] for s in summary2["stages"])
+
+
+@pytest.mark.slow
+def test_tasks_build_a_multi_task_bundle_gated_per_task(built):
+    """`tasks:` in edgetl.yaml: one run with a parity head beside the digits, one INT8 bundle
+    answering both, a max_drop_pts gate per task in summary.json and junit.xml."""
+    from tests.test_multitask import parity_rows
+
+    root = built["root"]
+    folder = root / "proj-tasks"
+    folder.mkdir()
+    (folder / "parity.csv").write_text("\n".join(["file,label", *parity_rows()]) + "\n", encoding="utf-8")
+    body = edit(BASE, candidates=["tf_efficientnet_lite0"], targets={"rpi5": BASE["targets"]["rpi5"]},
+                tasks={"parity": {"labels": "parity.csv", "weight": 2}})
+    project = write_project(folder, body)
+    proc, summary = build_cli(project, root / "dist-tasks", built["cache"])
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a gate failed, which the summary must say
+    rpi5 = summary["targets"]["rpi5"]
+    assert set(rpi5["tasks"]) == {"parity"} and {"fp32", "int8"} <= set(rpi5["tasks"]["parity"])
+    (task_gate,) = [g for g in rpi5["gates"] if g["name"] == "max_drop_pts[parity]"]
+    drop = (rpi5["tasks"]["parity"]["fp32"]["top1"] - rpi5["tasks"]["parity"]["int8"]["top1"]) * 100
+    assert task_gate["value"] == pytest.approx(drop, abs=1e-3) and task_gate["passed"] == (drop <= 10 + 1e-9)
+    assert summary["passed"] == all(g["passed"] for g in rpi5["gates"])
+    assert summary["candidates"][0]["options"]  # the candidate's record, unchanged by tasks
+    manifest = json.loads((root / "dist-tasks" / "rpi5" / "manifest.json").read_text())
+    assert set(manifest["tasks"]) >= {"parity"}
+    cases = {c.get("name") for c in ET.parse(root / "dist-tasks" / "junit.xml").getroot().iter("testcase")}
+    assert "max_drop_pts[parity]" in cases
+    assert "Extra tasks" in (root / "dist-tasks" / "report.md").read_text()
+    proc = device("predict", root / "dist-tasks" / "rpi5", sorted(DEMO.glob("4/*"))[0], "--json")
+    assert proc.returncode == 0 and set(json.loads(proc.stdout)["predictions"][0]["tasks"]) == {"default", "parity"}
 
 
 @pytest.mark.slow

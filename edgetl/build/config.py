@@ -16,6 +16,7 @@ file in CI is rarely the person who wrote this code.
     benchmark: {runs: 50, warmup: 10}
     keep_top: 2
     adapt: {target_images: field/, method: selftrain}   # every candidate adapted to field images
+    tasks: {parity: parity.csv, hand: {labels: by-hand/, weight: 0.5}}   # extra heads on the backbone
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Any
 
 from edgetl.yamlcfg import ConfigError, _coerce, read_mapping
 
-TOP_KEYS = ("data", "candidates", "finetune", "targets", "gates", "benchmark", "keep_top", "adapt")
+TOP_KEYS = ("data", "candidates", "finetune", "targets", "gates", "benchmark", "keep_top", "adapt", "tasks")
 ADAPT_KEYS = ("target_images", "method")
+TASK_KEYS = ("labels", "weight")
 DATA_KEYS = ("path", "val_split", "seed")
 GATE_KEYS = ("max_drop_pts", "min_top1")
 # Per-target keys that are build gates, not export options: changing them re-gates the
@@ -98,6 +100,16 @@ class AdaptSpec:
 
 
 @dataclass(frozen=True)
+class TaskEntry:
+    """`tasks.NAME`: an extra task's labels (a `file,label` CSV or a folder layout of the same
+    images, as `edgetl finetune --task`) and loss weight; `default` carries only a weight."""
+
+    name: str
+    labels: Path | None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class Project:
     """A validated edgetl.yaml."""
 
@@ -109,6 +121,7 @@ class Project:
     runs: int = DEFAULT_RUNS
     warmup: int = DEFAULT_WARMUP
     adapt: AdaptSpec | None = None
+    tasks: tuple[TaskEntry, ...] = ()
     raw: dict = field(default_factory=dict, compare=False)  # the file as read, for the summary
 
 
@@ -380,6 +393,38 @@ def _adapt(raw: dict, path: Path) -> AdaptSpec | None:
     return AdaptSpec(target, method)
 
 
+def _tasks(raw: dict, path: Path) -> tuple[TaskEntry, ...]:
+    from edgetl.bundle.manifest import DEFAULT_TASK, TASK_NAME
+
+    value = _mapping(raw.get("tasks"), path, "tasks", "tasks: {parity: parity.csv}")
+    out = []
+    for name, spec in value.items():
+        key = f"tasks.{name}"
+        if not isinstance(name, str) or not TASK_NAME.match(name):
+            raise ConfigError(f"{_where(path, key)}: a task name is 1 to 64 letters, digits, '_', '-' or '.'")
+        spec = {"labels": spec} if isinstance(spec, str) else _mapping(spec, path, key,
+                                                                       f"{name}: {{labels: {name}.csv, weight: 1}}")
+        _refuse_unknown(spec, TASK_KEYS, path, key)
+        weight = float(_number(spec.get("weight", 1.0), path, f"{key}.weight", positive=True))
+        if name == DEFAULT_TASK:
+            if "labels" in spec:
+                raise ConfigError(f"{_where(path, key + '.labels')}: the class folders are the default task's labels; "
+                                  "give `default` only a weight")
+            out.append(TaskEntry(name, None, weight))
+            continue
+        labels = spec.get("labels")
+        if not isinstance(labels, str) or not labels.strip():
+            raise ConfigError(f"{_where(path, key + '.labels')} must be a CSV of `file,label` rows or a folder "
+                              f"<label>/<image> (relative to the file), got {labels!r}")
+        where = Path(_relative(path, labels))
+        if not where.exists():
+            raise ConfigError(f"{_where(path, key + '.labels')} is '{labels}', which does not exist ('{where}')")
+        out.append(TaskEntry(name, where, weight))
+    if out and not any(t.labels for t in out):
+        raise ConfigError(f"{_where(path, 'tasks')} gives only the default task's weight; add an extra task")
+    return tuple(out)
+
+
 def load_project(path: str | Path) -> Project:
     """Read and validate an edgetl.yaml.
 
@@ -415,7 +460,11 @@ def load_project(path: str | Path) -> Project:
     if keep_top is not None:
         keep_top = int(_number(keep_top, path, "keep_top", 1, 10000, integer=True))
     runs, warmup = _benchmark(raw, path)
-    return Project(path, data, candidates, targets, keep_top, runs, warmup, _adapt(raw, path), raw)
+    adapt, tasks = _adapt(raw, path), _tasks(raw, path)
+    if adapt is not None and tasks:
+        raise ConfigError(f"'{path}': keys 'adapt' and 'tasks' together are not supported yet (adaptation changes the "
+                          "primary task only); keep one")
+    return Project(path, data, candidates, targets, keep_top, runs, warmup, adapt, tasks, raw)
 
 
 def stage_options(options: dict[str, Any]) -> dict:

@@ -138,7 +138,9 @@ def _option(cand: str, spec: TargetSpec, ex: StageResult, ver: StageResult | Non
                   selection_top1=(rec["selection"] or rec["val"])["top1"],
                   selection_n=(rec["selection"] or rec["val"])["n"],
                   fp32_selection_top1=rec.get("fp32_selection_top1") if rec["selection"] else None,
-                  selection_split=rec["selection_split"], latency=latency)
+                  selection_split=rec["selection_split"], latency=latency,
+                  extra={"tasks": {name: (t["fp32"]["top1"], t[manifest.precision]["top1"])
+                                   for name, t in (m.get("tasks") or {}).items()}})
 
 
 def _keep_top(cache: StageCache, project: Project, data_digest: str,
@@ -222,7 +224,7 @@ def _build(project_file: Path, out: Path, jobs: int, device_files: list, cache_d
     fts = {}
     with track("build: fine-tuning", len(project.candidates)) as task:
         for cand in project.candidates:
-            fts[cand.name] = finetune_stage(cache, project.data, data_digest, cand, adapt)
+            fts[cand.name] = finetune_stage(cache, project.data, data_digest, cand, adapt, project.tasks)
             stages.append(fts[cand.name])
             task.advance()
 

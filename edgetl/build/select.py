@@ -63,9 +63,9 @@ def evaluate_gates(target: str, spec: TargetSpec, o: Option) -> list[dict]:
     """The gates of the chosen bundle, on the validation split (the reported verdict).
 
     Returns:
-        One dict per gate in GATES: name, value, limit, passed, message (naming the target,
-        the figures and where the limit is set), source; min_top1 without a limit is
-        `skipped` and passes.
+        One dict per gate in GATES, plus `max_drop_pts[TASK]` per extra task of a multi-task
+        bundle: name, value, limit, passed, message (naming the target, the figures and where
+        the limit is set), source; min_top1 without a limit is `skipped` and passes.
     """
     out = []
     prec = o.precision.upper()
@@ -88,6 +88,13 @@ def evaluate_gates(target: str, spec: TargetSpec, o: Option) -> list[dict]:
                     f"target '{target}' {'passed' if ok else 'failed'} gate max_drop_pts: {prec} top-1 "
                     f"{o.top1:.2%} is {_pts(drop)} points below FP32 {o.fp32_top1:.2%} on the validation split "
                     f"(limit {_pts(lim.value)} points, {lim.source})", lim.source))
+    for task, (fp32, quant) in sorted((o.extra.get("tasks") or {}).items()):  # each extra head, same limit
+        tdrop = (fp32 - quant) * 100.0
+        ok = tdrop <= lim.value + 1e-9
+        out.append(gate(f"max_drop_pts[{task}]", round(tdrop, 4), lim.value, ok,
+                        f"target '{target}' {'passed' if ok else 'failed'} gate max_drop_pts for task '{task}': "
+                        f"{prec} top-1 {quant:.2%} is {_pts(tdrop)} points below FP32 {fp32:.2%} on the validation "
+                        f"split (limit {_pts(lim.value)} points, {lim.source})", lim.source))
     floor = spec.min_top1
     if floor.value is None:
         out.append(gate("min_top1", o.top1, None, True, f"target '{target}': no min_top1 set (gates.min_top1)",

@@ -153,7 +153,12 @@ class Adaptation:
     method: str
 
 
-def finetune_key(data: Path, data_digest: str, cand: Candidate, adapt: Adaptation | None = None) -> str:
+def _labels_digest(path: Path) -> str:
+    return folder_digest(path) if path.is_dir() else sha256_file(path)
+
+
+def finetune_key(data: Path, data_digest: str, cand: Candidate, adapt: Adaptation | None = None,
+                 tasks: tuple = ()) -> str:
     options = stage_options(cand.finetune)
     weights = weights_identity(options)
     if options.get("weights") not in ("default", "timm", "none"):
@@ -162,19 +167,25 @@ def finetune_key(data: Path, data_digest: str, cand: Candidate, adapt: Adaptatio
               "data": {"root": str(data.resolve()), "digest": data_digest}, "options": options, "weights": weights}
     if adapt is not None:  # absent otherwise: runs cached before `adapt:` existed keep their keys
         inputs["adapt"] = {"method": adapt.method, "target_images": adapt.digest}
+    if tasks:  # by the labels' content, not where they are
+        inputs["tasks"] = [{"name": t.name, "weight": t.weight, "labels": t.labels and _labels_digest(t.labels)}
+                           for t in tasks]
     return key_of(inputs)
 
 
 def finetune_stage(cache: StageCache, data: Path, data_digest: str, cand: Candidate,
-                   adapt: Adaptation | None = None) -> StageResult:
+                   adapt: Adaptation | None = None, tasks: tuple = ()) -> StageResult:
     """Fine-tune `cand` on `data` once (then adapt it to the field images when the project
     says so); later builds reuse the run while its inputs hold."""
     t0 = time.perf_counter()
-    key = finetune_key(data, data_digest, cand, adapt)
+    key = finetune_key(data, data_digest, cand, adapt, tasks)
 
     def compute(staged: Path) -> dict:
         log.info("finetune %s: training (%s)", cand.name, ", ".join(f"{k}={v}" for k, v in cand.finetune.items()))
         extra = {} if adapt is None else {"target_images": adapt.target_images, "adapt": adapt.method}
+        if tasks:
+            extra.update(tasks={t.name: t.labels for t in tasks if t.labels},
+                         task_weights={t.name: t.weight for t in tasks})
         run = edgetl.finetune(data, staged / "run", **extra, **cand.finetune)
         sel = run.metrics.get("selection") if isinstance(run.metrics.get("selection"), dict) else {}
         return {"candidate": cand.name, "options": stage_options(cand.finetune),
@@ -183,7 +194,9 @@ def finetune_stage(cache: StageCache, data: Path, data_digest: str, cand: Candid
                 "n": run.metrics["n"], "strategy": run.metrics.get("strategy"),
                 "selection": {k: sel.get(k) for k in ("split", "n", "top1", "balanced_accuracy")} if sel else None,
                 "model_sha256": sha256_file(staged / "run" / "model.pt"),
-                **({} if adapt is None else {"adaptation": _adaptation_record(run.metrics)})}
+                **({} if adapt is None else {"adaptation": _adaptation_record(run.metrics)}),
+                **({"tasks": {n: {"top1": t["top1"], "balanced_accuracy": t["balanced_accuracy"]}
+                              for n, t in run.metrics["tasks"].items()}} if tasks else {})}
 
     return _cached_stage(cache, "finetune", key, cand.name, t0, compute, lambda rec: f"top1 {rec['top1']:.4f}")
 

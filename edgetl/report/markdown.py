@@ -90,6 +90,11 @@ def render(summary: dict) -> str:
             lines.append("| " + " | ".join(_cell(v) for v in (
                 s["candidate"], _pct(s.get("selection_top1")), _pct(s.get("top1")), lat,
                 "**yes**" if s["kept"] else "no", s["why"])) + " |")
+        if t.get("tasks"):
+            prec = t["precision"]
+            lines += ["", "Extra tasks (the same bundle, one head each): " + "; ".join(
+                f"{_cell(n)} FP32 {_pct(v['fp32']['top1'])} -> {prec.upper()} {_pct(v[prec]['top1'])}"
+                for n, v in t["tasks"].items()) + "."]
         if t.get("recovery"):
             lines += ["", f"Export recovery: {_cell(recovery_text(t['recovery']))}."]
         failed = [g for g in t["gates"] if not g["passed"]]

@@ -117,6 +117,8 @@ def target_entry(spec, chosen, gates: list[dict], selection: list[dict], pareto:
         "backend": manifest.backend,
         "metrics": metrics,
         "export_gate": m.get("gate"),
+        "tasks": {name: {p: {"top1": t[p]["top1"]} for p in precisions}
+                  for name, t in (m.get("tasks") or {}).items()} or None,
         "size_bytes": {**m.get("size_bytes", {}), "bundle": _bundle_bytes(bundle_dir)},
         "latency_ms": latency,
         "latency_source": "device" if device is not None else "host",
