@@ -179,9 +179,14 @@ def adapt_cmd(run, target_images, method, strength, tolerance, dann_strategy, da
     when the domain classifier is at chance (edgetl/adapt/dann.py states the rule). auto
     trains it too, as one of its candidates.
 
+    selftrain keeps the backbone and re-trains the head on the source labels plus the field
+    images' pseudo-labels (teacher: align and adabn): on a simulated cheap camera it
+    recovered the most and kept clean accuracy (docs/benchmarks.md).
+
     \b
     Examples:
       edgetl adapt runs/a --target-images field/ --out runs/a-field
+      edgetl adapt runs/a --target-images field/ --adapt selftrain --out runs/a-field
       edgetl adapt runs/a --target-images field/ --adapt align --strength 0.5 --out runs/a-field
       edgetl adapt runs/a --target-images field/ --adapt dann --dann-strategy partial --out runs/a-dann
     """
