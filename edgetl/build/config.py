@@ -373,6 +373,18 @@ def _benchmark(raw: dict, path: Path) -> tuple[int, int]:
     return runs, warmup
 
 
+def _existing_path(value, path: Path, key: str, what: str, folder: bool = False) -> Path:
+    """A path written in the project file at `key`, resolved against the file; it must exist
+    (and be a folder when `folder`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{_where(path, key)} must be {what} (relative to the file), got {value!r}")
+    where = Path(_relative(path, value))
+    if not (where.is_dir() if folder else where.exists()):
+        raise ConfigError(f"{_where(path, key)} is '{value}', which {'is not a folder' if folder else 'does not exist'} "
+                          f"('{where}')")
+    return where
+
+
 def _adapt(raw: dict, path: Path) -> AdaptSpec | None:
     from edgetl.adapt.methods import METHODS
 
@@ -380,13 +392,8 @@ def _adapt(raw: dict, path: Path) -> AdaptSpec | None:
         return None
     value = _mapping(raw["adapt"], path, "adapt", "adapt: {target_images: field/, method: selftrain}")
     _refuse_unknown(value, ADAPT_KEYS, path, "adapt")
-    folder = value.get("target_images")
-    if not isinstance(folder, str) or not folder.strip():
-        raise ConfigError(f"{_where(path, 'adapt.target_images')} must be the folder of unlabeled field images "
-                          f"(relative to the file), got {folder!r}")
-    target = Path(_relative(path, folder))
-    if not target.is_dir():
-        raise ConfigError(f"{_where(path, 'adapt.target_images')} is '{folder}', which is not a folder ('{target}')")
+    target = _existing_path(value.get("target_images"), path, "adapt.target_images",
+                            "the folder of unlabeled field images", folder=True)
     method = value.get("method", "auto")
     if method not in METHODS:
         raise ConfigError(f"{_where(path, 'adapt.method')} is {method!r}; it is one of {', '.join(METHODS)}")
@@ -412,13 +419,8 @@ def _tasks(raw: dict, path: Path) -> tuple[TaskEntry, ...]:
                                   "give `default` only a weight")
             out.append(TaskEntry(name, None, weight))
             continue
-        labels = spec.get("labels")
-        if not isinstance(labels, str) or not labels.strip():
-            raise ConfigError(f"{_where(path, key + '.labels')} must be a CSV of `file,label` rows or a folder "
-                              f"<label>/<image> (relative to the file), got {labels!r}")
-        where = Path(_relative(path, labels))
-        if not where.exists():
-            raise ConfigError(f"{_where(path, key + '.labels')} is '{labels}', which does not exist ('{where}')")
+        where = _existing_path(spec.get("labels"), path, f"{key}.labels",
+                               "a CSV of `file,label` rows or a folder <label>/<image>")
         out.append(TaskEntry(name, where, weight))
     if out and not any(t.labels for t in out):
         raise ConfigError(f"{_where(path, 'tasks')} gives only the default task's weight; add an extra task")
