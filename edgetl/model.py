@@ -32,6 +32,10 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.backbone(x)))
 
+    def heads(self) -> list[nn.Linear]:
+        """Every head on the embedding, in the order of forward's output columns."""
+        return [self.head]
+
 
 @dataclass(frozen=True)
 class TaskHead:

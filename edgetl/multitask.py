@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl.bundle.manifest import DEFAULT_TASK, TASK_NAME, check_label
-from edgetl.core.fsutil import atomic_write_json, staged_replace
+from edgetl.core.fsutil import atomic_write_json, sha256_file, staged_replace
 from edgetl.core.images import IMAGE_SUFFIXES
 from edgetl.core.metrics import classification_metrics
 from edgetl.core.scan import class_folders
@@ -145,15 +145,13 @@ def read_labels_folder(folder: str | Path, task: str, data: str | Path) -> dict[
     Raises:
         EdgetlError: no label folders; one image under two labels.
     """
-    import hashlib
-
     folder, root = Path(folder), Path(data)
     label_of_digest: dict[str, str] = {}
     for sub in class_folders(folder):
         label = check_label(sub.name, f"folder '{sub}' of task '{task}'", "rename the folder")
         for p in sorted(sub.rglob("*")):
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES:
-                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                digest = sha256_file(p)
                 if label_of_digest.get(digest, label) != label:
                     raise EdgetlError(f"'{p}' (task '{task}') is also under '{label_of_digest[digest]}'; an image "
                                       "takes one label per task: remove one copy")
@@ -163,7 +161,7 @@ def read_labels_folder(folder: str | Path, task: str, data: str | Path) -> dict[
                           f"{folder}/<label>/<image>, or pass a CSV of `file,label` rows")
     out = {}
     for rel in image_files(root):
-        label = label_of_digest.get(hashlib.sha256((root / rel).read_bytes()).hexdigest())
+        label = label_of_digest.get(sha256_file(root / rel))
         if label is not None:
             out[rel] = label
     return out
@@ -237,6 +235,19 @@ def require_labels(spec: TaskSpec, files: Sequence[str], what: str) -> None:
                           f"{len(files)} {what} lack one); add a row `{missing[0]},LABEL` for each of them")
 
 
+def task_label_list(spec: TaskSpec, files: Sequence[str]) -> list[str]:
+    """The task's labels over `files` (the run's images of every split), sorted: its head's classes.
+
+    Raises:
+        EdgetlError: the files carry one label only.
+    """
+    labels = sorted({spec.labels_of[Path(f).as_posix()] for f in files})
+    if len(labels) < 2:
+        raise EdgetlError(f"'{spec.csv}' gives task '{spec.name}' one label ('{labels[0]}') over the run's images; "
+                          "a task needs at least two")
+    return labels
+
+
 def fit_task_heads(run_dir: str | Path, specs: Sequence[TaskSpec], cfg, default_weight: float = 1.0) -> dict:
     """Fit one head per extra task on the finished run's backbone and store them in the run.
 
@@ -288,10 +299,7 @@ def fit_task_heads(run_dir: str | Path, specs: Sequence[TaskSpec], cfg, default_
 
     heads, results = {}, {}
     for spec in specs:
-        labels = sorted({spec.labels_of[Path(f).as_posix()] for s in files.values() for f in s})
-        if len(labels) < 2:
-            raise EdgetlError(f"'{spec.csv}' gives task '{spec.name}' one label ('{labels[0]}') over the run's images; "
-                              "a task needs at least two")
+        labels = task_label_list(spec, [f for fs in files.values() for f in fs])
         index = {label: i for i, label in enumerate(labels)}
         y = {s: [index[spec.labels_of[Path(f).as_posix()]] for f in fs] for s, fs in files.items()}
         sel_y = y["selection"] if sel_name == "selection" else y["train"]

@@ -30,6 +30,7 @@ split is never looked at before the final, reported score.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -142,6 +143,11 @@ class _Context:
         """Embeddings of `paths` by `backbone`: the run's, or an adapted copy (its own cache key)."""
         return embedding_cache(backbone, self.loaded, self.cache_dir).embed(paths, f"embedding {what}")
 
+    @functools.cached_property
+    def align_map(self) -> align.AffineMap:
+        """Per-dimension alignment of the target embeddings to the source's (full strength)."""
+        return align.per_dimension(align.Moments.of(self.source_x), align.Moments.of(self.target_x))
+
     def check_embeddings(self, backbone: nn.Module) -> np.ndarray:
         return self.embed(backbone, [p for p, _ in self.check_items], f"{self.check_name} images (adapted backbone)")
 
@@ -208,10 +214,15 @@ class _BatchNorm:
         self.module = copy.deepcopy(ctx.loaded.backbone)
         self.shift = adabn.adapt_batchnorm(self.module, ctx.target, ctx.loaded.preprocess, ctx.layer_moments())
 
-    def candidate(self, strength: float, tolerance: float) -> _Candidate:
-        ctx = self.ctx
+    def module_at(self, strength: float) -> nn.Module:
+        """A copy of the backbone with the BatchNorm statistics `strength` of the way to the target's."""
         module = copy.deepcopy(self.module)
         self.shift.apply(module, strength)
+        return module
+
+    def candidate(self, strength: float, tolerance: float) -> _Candidate:
+        ctx = self.ctx
+        module = self.module_at(strength)
         cand = _Candidate("adabn", strength, ctx.weight.astype(np.float32), ctx.bias.astype(np.float32), module,
                           {**self.shift.info, "strength": strength})
         cand.check = ctx.source_check(cand, ctx.check_embeddings(module), tolerance)
@@ -239,19 +250,15 @@ def _selftrain(ctx: _Context, tolerance: float, bn: list) -> _Candidate:
     teacher's labels), early-stopped on the selection split; the run's backbone unchanged."""
     if not bn:
         bn.append(_BatchNorm(ctx))
-    full = align.per_dimension(align.Moments.of(ctx.source_x), align.Moments.of(ctx.target_x))
-    w_align, b_align = align.fold(ctx.weight, ctx.bias, full)
-    module = copy.deepcopy(bn[0].module)
-    bn[0].shift.apply(module, 1.0)
+    w_align, b_align = align.fold(ctx.weight, ctx.bias, ctx.align_map)
     probs = teacher_probabilities({"align": ctx.target_x @ w_align.T + b_align,
-                                   "adabn": ctx.embed(module, ctx.target, "target images (adabn teacher)")
+                                   "adabn": ctx.embed(bn[0].module_at(1.0), ctx.target, "target images (adabn teacher)")
                                    @ ctx.weight.T + ctx.bias})
-    sel = [p for p, _ in ctx.split.selection]
-    sel_x = ctx.cache.embed(sel, "embedding selection images") if sel else ctx.check_x
-    sel_y = np.array([y for _, y in ctx.split.selection]) if sel else ctx.check_y
+    # The check items start with the selection split (then, when it is small, the training images).
+    n_sel = len(ctx.split.selection) or len(ctx.check_items)
     student = train_student(ctx.weight, ctx.bias, ctx.source_x, np.array([y for _, y in ctx.split.train]),
-                            full.inverse().apply(ctx.source_x), ctx.target_x, probs, sel_x, sel_y, ctx.metrics,
-                            float(ctx.loaded.model.dropout.p))
+                            ctx.align_map.inverse().apply(ctx.source_x), ctx.target_x, probs,
+                            ctx.check_x[:n_sel], ctx.check_y[:n_sel], ctx.metrics, float(ctx.loaded.model.dropout.p))
     cand = _Candidate("selftrain", 1.0, student.weight, student.bias, ctx.loaded.backbone, student.info,
                       training={"history": student.history, "stopped": student.stopped})
     cand.check = ctx.source_check(cand, ctx.check_x, tolerance)
@@ -267,8 +274,7 @@ def _build(ctx: _Context, method: str, strength: float, tolerance: float, bn: li
     if method == "selftrain":
         return _selftrain(ctx, tolerance, bn)
     if method == "align":
-        full = align.per_dimension(align.Moments.of(ctx.source_x), align.Moments.of(ctx.target_x))
-        return _affine(ctx, "align", full, strength, tolerance)
+        return _affine(ctx, "align", ctx.align_map, strength, tolerance)
     if method == "coral":
         return _affine(ctx, "coral", align.coral(ctx.source_x, ctx.target_x), strength, tolerance)
     if not bn:

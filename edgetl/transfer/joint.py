@@ -81,7 +81,10 @@ class JointClassifier(Classifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.dropout(self.backbone(x))
-        return torch.cat([self.head(e)] + [h(e) for h in self.task_heads], dim=1)
+        return torch.cat([h(e) for h in self.heads()], dim=1)
+
+    def heads(self) -> list[nn.Linear]:
+        return [self.head, *self.task_heads]
 
 
 def joint_items(items: list, root: Path, tasks: JointTasks, labels_of: list[dict[str, str]]) -> list:
@@ -110,12 +113,13 @@ def setup(specs, default_weight: float, split, sel_items: list, train_x: np.ndar
     Returns:
         (JointTasks, [task heads], train items, selection items, (score, loss) to beat).
     """
+    from edgetl.multitask import task_label_list
     from edgetl.transfer.config import DEFAULTS
     from edgetl.transfer.train import train_head
 
     every = [Path(p).relative_to(split.root).as_posix() for p, _ in split.train + split.selection + split.val]
     tasks = JointTasks([DEFAULT_TASK] + [s.name for s in specs], [float(default_weight)] + [s.weight for s in specs],
-                       [list(split.labels)] + [sorted({s.labels_of[f] for f in every}) for s in specs])
+                       [list(split.labels)] + [task_label_list(s, every) for s in specs])
     labels_of = [s.labels_of for s in specs]
     train_items = joint_items(split.train, split.root, tasks, labels_of)
     sel_joint = joint_items(sel_items, split.root, tasks, labels_of)

@@ -84,9 +84,8 @@ def param_groups(model: nn.Module, trainable_stages, lr: float, backbone_lr_rati
     With L2-SP the backbone is pulled toward its pretrained weights instead of toward zero,
     so its AdamW weight decay is off (Li et al., 2018).
     """
-    heads = [model.head, *getattr(model, "task_heads", [])]  # a JointClassifier's heads train alike
-    groups = [{"params": [p for h in heads for p in h.parameters()], "lr": lr, "weight_decay": weight_decay,
-               "name": "head"}]
+    groups = [{"params": [p for h in model.heads() for p in h.parameters()], "lr": lr,
+               "weight_decay": weight_decay, "name": "head"}]
     for k, stage in enumerate(trainable_stages):
         params = [p for m in stage for p in m.parameters() if p.requires_grad]
         if params:

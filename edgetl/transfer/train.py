@@ -144,8 +144,7 @@ def predict_logits(model: nn.Module, items, preprocess, dist: Context = Context(
     rank scores a contiguous share and every rank gets all the rows back, in order."""
     channels_last(model).eval()
     loader = DataLoader(ImageDataset(items[dist.shard(len(items))], preprocess), batch_size=CHUNK, shuffle=False)
-    width = sum(h.out_features for h in [model.head, *getattr(model, "task_heads", [])])
-    out = [np.zeros((0, width), np.float32)]  # a rank whose share is empty
+    out = [np.zeros((0, sum(h.out_features for h in model.heads())), np.float32)]  # a rank whose share is empty
     with torch.inference_mode():
         for x, _ in loader:
             out.append(model(as_input(x).to(dist.device)).cpu().numpy())
